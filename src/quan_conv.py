@@ -1,0 +1,181 @@
+"""Binary and low-bit convolutions with straight-through estimators.
+
+`QuanConv` keeps the constructor of the upstream BiMLP `quan_conv.QuanConv` and the
+exact forward of its "xnor" scheme, which the released checkpoints need. Unlike the
+upstream code every quantizer has a straight-through estimator (STE), so the
+layer trains: gradients reach both the latent float weights and the input.
+
+Weight schemes (`quan_name_w`):
+    xnor    sign(W) * mean(|W|) over input channels, per (out, kh, kw)   (BiMLP)
+    bnn     sign(W)
+    bireal  sign(W) * mean(|W|) per output channel
+    dorefa  DoReFa-Net k-bit weights (1 bit: sign(W) * mean(|W|) over the layer)
+    fp      W unchanged (the float twin)
+Activation schemes (`quan_name_a`):
+    xnor, dorefa  rint(clip(x, -1, 1) * (2^k - 1)) / (2^k - 1); at 1 bit {-1, 0, 1}
+    bnn           sign(x), STE clipped to |x| <= 1
+    bireal        sign(x), Bi-Real's piecewise-quadratic STE
+    fp            x unchanged
+"""
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import HeNormal, initializer
+
+
+class _InputSTE(nn.Cell):
+    """Base for activation quantizers whose gradient is 1 where |x| <= 1."""
+
+    def bprop(self, x, out, dout):
+        return (dout * (ops.abs(x) <= 1.0).astype(dout.dtype),)
+
+
+class RoundClip(_InputSTE):
+    """rint(clip(x, -1, 1) * levels) / levels; rint rounds half to even."""
+
+    def __init__(self, nbit=1):
+        super().__init__()
+        self.levels = float(2 ** nbit - 1)
+        self.rint = ops.Rint()
+
+    def construct(self, x):
+        if self.levels == 1.0:
+            return self.rint(ops.clip(x, -1.0, 1.0))
+        return self.rint(ops.clip(x, -1.0, 1.0) * self.levels) / self.levels
+
+
+class SignClip(_InputSTE):
+    """sign(x) with the clipped identity gradient of BNN."""
+
+    def construct(self, x):
+        return ops.sign(x)
+
+
+class BiRealSign(nn.Cell):
+    """sign(x) with Bi-Real Net's gradient 2 - 2|x| on |x| < 1."""
+
+    def construct(self, x):
+        return ops.sign(x)
+
+    def bprop(self, x, out, dout):
+        return (dout * ops.relu(2.0 - 2.0 * ops.abs(x)),)
+
+
+class Identity(nn.Cell):
+    def construct(self, x):
+        return x
+
+
+class _WeightSTE(nn.Cell):
+    """Base for weight quantizers: the gradient passes straight to the latent W."""
+
+    def bprop(self, w, out, dout):
+        return (dout,)
+
+
+class XnorWeight(_WeightSTE):
+    """sign(W) * mean(|W|) over axis 1, the scale shaped (out, 1, kh, kw)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = ops.ReduceMean(keep_dims=True)
+
+    def construct(self, w):
+        return ops.sign(w) * self.mean(ops.abs(w), 1)
+
+
+class BiRealWeight(_WeightSTE):
+    def __init__(self):
+        super().__init__()
+        self.mean = ops.ReduceMean(keep_dims=True)
+
+    def construct(self, w):
+        return ops.sign(w) * self.mean(ops.abs(w), (1, 2, 3))
+
+
+class SignWeight(_WeightSTE):
+    def construct(self, w):
+        return ops.sign(w)
+
+
+class DorefaWeight(_WeightSTE):
+    def __init__(self, nbit=1):
+        super().__init__()
+        self.levels = float(2 ** nbit - 1)
+        self.rint = ops.Rint()
+        self.max_abs = ops.ReduceMax()
+
+    def construct(self, w):
+        if self.levels == 1.0:
+            return ops.sign(w) * ops.mean(ops.abs(w))
+        t = ops.tanh(w)
+        t = t / (2.0 * self.max_abs(ops.abs(t))) + 0.5
+        return 2.0 * self.rint(t * self.levels) / self.levels - 1.0
+
+
+def weight_quantizer(name, nbit):
+    if name == "xnor":
+        return XnorWeight()
+    if name == "bireal":
+        return BiRealWeight()
+    if name == "bnn":
+        return SignWeight()
+    if name == "dorefa":
+        return DorefaWeight(nbit)
+    if name == "fp":
+        return Identity()
+    raise ValueError(f"unknown weight quantizer {name!r}; choose from {sorted(WEIGHT_SCHEMES)}")
+
+
+def activation_quantizer(name, nbit):
+    if name in ("xnor", "dorefa"):
+        return RoundClip(nbit)
+    if name == "bnn":
+        return SignClip()
+    if name == "bireal":
+        return BiRealSign()
+    if name == "fp":
+        return Identity()
+    raise ValueError(f"unknown activation quantizer {name!r}; choose from {sorted(ACTIVATION_SCHEMES)}")
+
+
+WEIGHT_SCHEMES = ("xnor", "bireal", "bnn", "dorefa", "fp")
+ACTIVATION_SCHEMES = ("xnor", "dorefa", "bnn", "bireal", "fp")
+
+
+class QuanConv(nn.Cell):
+    """Conv2d (no bias) on quantized weights and quantized activations.
+
+    padding is (top, bottom, left, right), as in the upstream layer.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=(0, 0, 0, 0),
+                 group=1, quan_name_w="xnor", quan_name_a="xnor", nbit_w=1, nbit_a=1):
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if isinstance(padding, int):
+            padding = (padding,) * 4
+        if in_channels % group or out_channels % group:
+            raise ValueError(f"channels {in_channels}->{out_channels} not divisible by group {group}")
+        self.in_channels, self.out_channels, self.group = in_channels, out_channels, group
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, tuple(padding)
+        self.quan_name_w, self.quan_name_a = quan_name_w, quan_name_a
+        self.nbit_w, self.nbit_a = nbit_w, nbit_a
+        self.weight = Parameter(initializer(HeNormal(), (out_channels, in_channels // group, kh, kw)),
+                                name="weight")
+        self.quantize_weight = weight_quantizer(quan_name_w, nbit_w)
+        self.quantize_input = activation_quantizer(quan_name_a, nbit_a)
+        self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(kh, kw), mode=1,
+                               pad_mode="pad", pad=self.padding, stride=stride, group=group)
+        self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
+
+    def construct(self, x):
+        return self.conv(self.quantize_input(x), self.quantize_weight(self.weight))
+
+    def quantized_weight(self):
+        """The weights the convolution actually uses, as a numpy array."""
+        return self.quantize_weight(Tensor(self.weight.asnumpy())).asnumpy()
+
+    def extend_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, group={self.group}, "
+                f"w={self.quan_name_w}/{self.nbit_w}, a={self.quan_name_a}/{self.nbit_a}")
+

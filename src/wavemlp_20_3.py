@@ -1,0 +1,315 @@
+"""BiMLP: binary Wave-MLP (NeurIPS 2022), checkpoint-compatible with the released weights.
+
+The network is specified in `shared/spec/bimlp.md`; names, shapes and the order
+of every floating-point operation follow it, because a binary network amplifies
+any last-bit difference. Attribute definition order follows the released
+checkpoints, so a saved checkpoint lists parameters in the same order.
+
+Variants are registered in `MODELS`; `create_model(name, **kwargs)` builds one.
+"""
+from functools import partial
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from src.quan_conv import QuanConv
+
+ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
+
+
+class LearnableBias(nn.Cell):
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = Parameter(initializer("zeros", (1, channels, 1, 1)), name="bias")
+
+    def construct(self, x):
+        return x + self.bias
+
+
+class PReLUSlope(nn.Cell):
+    """max(x, 0) + w * min(x, 0) with a per-channel slope `w`."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.w = Parameter(Tensor(np.full((1, channels, 1, 1), 0.25, np.float32)), name="w")
+
+    def construct(self, x):
+        return ops.maximum(x, 0.0) + self.w * ops.minimum(x, 0.0)
+
+
+class RPReLU(nn.Cell):
+    """ReActNet's RPReLU: shift, PReLU, shift."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.move1 = LearnableBias(channels)
+        self.move2 = LearnableBias(channels)
+        self.act = PReLUSlope(channels)
+
+    def construct(self, x):
+        return self.move2(self.act(self.move1(x)))
+
+
+def batch_norm(channels):
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9)
+
+
+def group_norm(channels):
+    return nn.GroupNorm(1, channels, eps=1e-5)
+
+
+def adapt_channels(x, channels_out):
+    """The uni-shortcut: tile x to more channels, or average groups of channels.
+
+    Averaging sums the strided slices one after another, as the released model does.
+    """
+    channels_in = x.shape[1]
+    if channels_out >= channels_in:
+        return ops.tile(x, (1, channels_out // channels_in, 1, 1))
+    k = channels_in // channels_out
+    total = x[:, 0::k]
+    for i in range(1, k):
+        total = total + x[:, i::k]
+    return total / float(k)
+
+
+def conv1x1(cin, cout, quant):
+    return QuanConv(cin, cout, 1, **quant)
+
+
+class Mlp(nn.Cell):
+    """Channel Bi-MLP: two binary 1x1 FCs, each with a uni-shortcut."""
+
+    def __init__(self, in_features, hidden_features, out_features, quant):
+        super().__init__()
+        self.hidden_features, self.out_features = hidden_features, out_features
+        self.move1 = LearnableBias(in_features)
+        self.fc1 = conv1x1(in_features, hidden_features, quant)
+        self.act1 = RPReLU(hidden_features)
+        self.act2 = RPReLU(hidden_features)
+        self.act3 = RPReLU(out_features)
+        self.move2 = LearnableBias(hidden_features)
+        self.fc2 = conv1x1(hidden_features, out_features, quant)
+        self.norm1 = batch_norm(hidden_features)
+        self.norm2 = batch_norm(out_features)
+        self.norm0 = batch_norm(hidden_features)
+
+    def construct(self, x):
+        s1 = self.act1(self.norm0(adapt_channels(x, self.hidden_features)))
+        h = self.act2(self.norm1(self.fc1(self.move1(x))) + s1)
+        s2 = adapt_channels(h, self.out_features)
+        return self.act3(self.norm2(self.fc2(self.move2(h))) + s2)
+
+
+def residual_fc(move, conv, bn, act, x):
+    t = move(x)
+    return act(bn(conv(t)) + t)
+
+
+def pair_mean(x):
+    return (x[:, 0::2] + x[:, 1::2]) / 2.0
+
+
+class PATM(nn.Cell):
+    """Spatial Bi-MLP: Wave-MLP's phase-aware token mixing, binarized."""
+
+    def __init__(self, dim, quant):
+        super().__init__()
+        self.dim = dim
+        self.fc_h = conv1x1(dim, dim, quant)
+        self.fc_w = conv1x1(dim, dim, quant)
+        self.fc_c = conv1x1(dim, dim, quant)
+        self.move_fch = LearnableBias(dim)
+        self.move_fcw = LearnableBias(dim)
+        self.move_fcc = LearnableBias(dim)
+        self.fc_h_bn = batch_norm(dim)
+        self.fc_w_bn = batch_norm(dim)
+        self.fc_h_act = RPReLU(dim)
+        self.fc_w_act = RPReLU(dim)
+        self.tfc_h = QuanConv(2 * dim, dim, (1, 7), padding=(0, 0, 3, 3), group=dim, **quant)
+        self.tfc_w = QuanConv(2 * dim, dim, (7, 1), padding=(3, 3, 0, 0), group=dim, **quant)
+        self.move_tfch = LearnableBias(2 * dim)
+        self.move_tfcw = LearnableBias(2 * dim)
+        self.reweight = Mlp(dim, dim // 4, dim * 3, quant)
+        self.proj = conv1x1(dim, dim, quant)
+        self.move_proj = LearnableBias(dim)
+        self.move_thetah = LearnableBias(dim)
+        self.theta_h_conv = conv1x1(dim, dim, quant)
+        self.theta_h_bn = batch_norm(dim)
+        self.theta_h_act = RPReLU(dim)
+        self.move_thetaw = LearnableBias(dim)
+        self.theta_w_conv = conv1x1(dim, dim, quant)
+        self.theta_w_bn = batch_norm(dim)
+        self.theta_w_act = RPReLU(dim)
+        self.act_c = RPReLU(dim)
+        self.act_h = RPReLU(dim)
+        self.act_w = RPReLU(dim)
+        self.act_proj = RPReLU(dim)
+        self.norm_c = batch_norm(dim)
+        self.norm_h = batch_norm(dim)
+        self.norm_w = batch_norm(dim)
+        self.norm_proj = batch_norm(dim)
+        self.concat = ops.Concat(axis=1)
+
+    def construct(self, u):
+        batch = u.shape[0]
+        theta_h = residual_fc(self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
+        theta_w = residual_fc(self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
+        xh = residual_fc(self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
+        xw = residual_fc(self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
+        xh = self.move_tfch(self.concat((xh * ops.cos(theta_h), xh * ops.sin(theta_h))))
+        xw = self.move_tfcw(self.concat((xw * ops.cos(theta_w), xw * ops.sin(theta_w))))
+        h = self.act_h(self.norm_h(self.tfc_h(xh)) + pair_mean(xh))
+        w = self.act_w(self.norm_w(self.tfc_w(xw)) + pair_mean(xw))
+        c = residual_fc(self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
+        a = ACCURATE_POOL(((h + w) + c) + u)
+        a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
+        a = ops.softmax(a, axis=0).reshape(3, batch, self.dim, 1, 1)
+        x = ((h * a[0] + w * a[1]) + c * a[2]) + u
+        return residual_fc(self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample; identity at rate 0 and in eval mode."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.keep = 1.0 - rate
+
+    def construct(self, x):
+        if not self.training or self.keep == 1.0:
+            return x
+        mask = ops.bernoulli(ops.full((x.shape[0], 1, 1, 1), self.keep, dtype=x.dtype), p=self.keep)
+        return x * mask / self.keep
+
+
+class WaveBlock(nn.Cell):
+    """The MLP building block (MBB): token mixing, then channel MLP + two binary depthwise branches."""
+
+    def __init__(self, dim, mlp_ratio, norm_layer, drop_path, quant):
+        super().__init__()
+        self.weight = Parameter(initializer("zeros", (2,)), name="weight")
+        self.norm1 = norm_layer(dim)
+        self.attn = PATM(dim, quant)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, quant)
+        self.move_h = LearnableBias(dim)
+        self.move_w = LearnableBias(dim)
+        self.sfc_h = QuanConv(dim, dim, (1, 7), padding=(0, 0, 3, 3), group=dim, **quant)
+        self.sfc_w = QuanConv(dim, dim, (7, 1), padding=(3, 3, 0, 0), group=dim, **quant)
+        self.act1 = RPReLU(dim)
+        self.act2 = RPReLU(dim)
+        self.norm_h = batch_norm(dim)
+        self.norm_w = batch_norm(dim)
+        self.drop_path = DropPath(drop_path)
+
+    def construct(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        m = self.norm2(x)
+        a = self.mlp(m)
+        b = residual_fc(self.move_h, self.sfc_h, self.norm_h, self.act1, m)
+        c = residual_fc(self.move_w, self.sfc_w, self.norm_w, self.act2, m)
+        w0, w1 = self.weight[0], self.weight[1]
+        return x + self.drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)
+
+
+class PatchEmbed(nn.Cell):
+    """Float stem: conv, norm, RPReLU."""
+
+    def __init__(self, in_chans, dim, kernel_size, stride, padding, norm_layer):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, pad_mode="pad",
+                              padding=padding, has_bias=True)
+        self.norm = norm_layer(dim)
+        self.act = RPReLU(dim)
+
+    def construct(self, x):
+        return self.act(self.norm(self.proj(x)))
+
+
+class Downsample(nn.Cell):
+    """Float 1x1 conv, norm, RPReLU, then the mean of four stride-2 max-pools."""
+
+    def __init__(self, cin, cout, norm_layer):
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 1, has_bias=True)
+        self.norm = norm_layer(cout)
+        self.act = RPReLU(cout)
+        self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2, pad_mode="same")
+        self.pool3 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.pool5 = nn.MaxPool2d(kernel_size=5, stride=2, pad_mode="same")
+        self.pool7 = nn.MaxPool2d(kernel_size=7, stride=2, pad_mode="same")
+
+    def construct(self, x):
+        x = self.act(self.norm(self.proj(x)))
+        return (((self.pool2(x) + self.pool3(x)) + self.pool5(x)) + self.pool7(x)) / 4.0
+
+
+class BiMLP(nn.Cell):
+    """BiMLP network.
+
+    Args:
+        layers: blocks per stage.
+        embed_dims: channels per stage.
+        mlp_ratios: hidden/in ratio of each stage's channel MLP.
+        norm: "bn" (BatchNorm2d) or "gn" (GroupNorm(1, C)) for the block and stem norms.
+        binary: False builds the float twin (same parameters, quantizers off).
+        stem: (kernel, stride, padding) of the float patch-embedding conv.
+    """
+
+    def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
+                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2)):
+        super().__init__()
+        if norm not in NORM_LAYERS:
+            raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+        norm_layer = NORM_LAYERS[norm]
+        scheme = "xnor" if binary else "fp"
+        quant = dict(quan_name_w=scheme, quan_name_a=scheme, nbit_w=1, nbit_a=1)
+        self.num_classes, self.binary = num_classes, binary
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0], *stem, norm_layer)
+        rates = np.linspace(0.0, drop_path_rate, sum(layers)).tolist()
+        network = []
+        for i, (depth, dim) in enumerate(zip(layers, embed_dims)):
+            start = sum(layers[:i])
+            network.append(nn.SequentialCell([
+                WaveBlock(dim, mlp_ratios[i], norm_layer, rates[start + j], quant) for j in range(depth)
+            ]))
+            if i + 1 < len(layers):
+                network.append(Downsample(dim, embed_dims[i + 1], norm_layer))
+        self.network = nn.CellList(network)
+        self.norm = norm_layer(embed_dims[-1])
+        self.head = nn.Dense(embed_dims[-1], num_classes,
+                             weight_init=TruncatedNormal(0.02), bias_init="zeros")
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        for stage in self.network:
+            x = stage(x)
+        return ACCURATE_POOL(self.norm(x)).reshape(x.shape[0], -1)
+
+    def construct(self, x):
+        return self.head(self.forward_features(x))
+
+
+NORM_LAYERS = {"bn": batch_norm, "gn": group_norm}
+
+MODELS = {
+    "BiMLP_S": partial(BiMLP, layers=(2, 2, 4, 2), norm="bn"),
+    "BiMLP_M": partial(BiMLP, layers=(2, 3, 10, 3), norm="gn"),
+}
+
+
+def create_model(name, **kwargs):
+    """Build a registered variant; kwargs (num_classes, drop_path_rate, binary, ...) override."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def BiMLP_S(num_classes=1000, drop_path_rate=0.0, **kwargs):
+    return create_model("BiMLP_S", num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
+
+
+def BiMLP_M(num_classes=1000, drop_path_rate=0.0, **kwargs):
+    return create_model("BiMLP_M", num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)

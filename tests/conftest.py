@@ -1,0 +1,12 @@
+"""Test setup: pin oneDNN's CPU kernels before MindSpore runs a convolution.
+
+Binary networks are chaotic, and oneDNN picks differently-rounding kernels by
+CPU; AVX2 makes the reference logits reproducible on every x86 machine.
+"""
+import os
+import sys
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
