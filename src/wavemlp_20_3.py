@@ -297,6 +297,9 @@ NORM_LAYERS = {"bn": batch_norm, "gn": group_norm}
 MODELS = {
     "BiMLP_S": partial(BiMLP, layers=(2, 2, 4, 2), norm="bn"),
     "BiMLP_M": partial(BiMLP, layers=(2, 3, 10, 3), norm="gn"),
+    # Sized for 28x28 grayscale images (Fashion-MNIST): stride-1 stem, narrower stages.
+    "BiMLP_T": partial(BiMLP, layers=(1, 1, 2, 1), embed_dims=(32, 64, 128, 256), norm="bn",
+                       num_classes=10, in_chans=1, stem=(3, 1, 1)),
 }
 
 

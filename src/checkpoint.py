@@ -1,0 +1,89 @@
+"""Loading and saving checkpoints: strict, explicit about mismatches, atomic on write."""
+import os
+
+import mindspore as ms
+
+from src.context import UserError
+
+
+def read_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return ms.load_checkpoint(path)
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError for corrupt files
+        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def _listing(names, limit=8):
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_compatible(net, params, model_name, path):
+    """Raise UserError naming missing, unexpected and mis-shaped parameters."""
+    expected = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
+    weights = {name: tuple(v.shape) for name, v in params.items() if not _is_training_state(name)}
+    missing = set(expected) - set(weights)
+    unexpected = set(weights) - set(expected)
+    shapes = {n for n in set(expected) & set(weights) if expected[n] != weights[n]}
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"checkpoint {path} does not fit {model_name}:"]
+    if missing:
+        lines.append(f"  missing parameters: {_listing(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected parameters: {_listing(unexpected)}")
+    if shapes:
+        lines.append("  shape mismatches: " + _listing(
+            f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
+    hint = guess_variant(weights, exclude=model_name)
+    if hint:
+        lines.append(f"  this checkpoint looks like {hint}: try --checkpoint_nm {hint}")
+    if "head.weight" in shapes:
+        lines.append(f"  the checkpoint has {weights['head.weight'][0]} classes: "
+                     f"try --num_classes {weights['head.weight'][0]}")
+    raise UserError("\n".join(lines))
+
+
+def guess_variant(weights, exclude=None):
+    """The registered variant whose parameter names match the checkpoint's, if any."""
+    from src.wavemlp_20_3 import MODELS, create_model
+
+    names = set(weights)
+    for name in MODELS:
+        if name == exclude:
+            continue
+        with_classes = {"num_classes": weights["head.weight"][0]} if "head.weight" in weights else {}
+        candidate = create_model(name, **with_classes)
+        if {n for n, _ in candidate.parameters_and_names()} == names:
+            return name
+    return None
+
+
+
+def _is_training_state(name):
+    """Optimizer moments and counters that train.py stores beside the weights."""
+    return name.startswith(("adam_", "moment", "global_step", "learning_rate", "train_state.")) \
+        or name in ("beta1_power", "beta2_power", "epoch_num", "step_num", "current_iterator_step",
+                    "last_overflow_iterator_step", "loss_scale")
+
+
+def load_weights(net, path, model_name):
+    """Load a checkpoint into net; every parameter must match by name and shape."""
+    params = read_checkpoint(path)
+    check_compatible(net, params, model_name, path)
+    not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
+                                                if not _is_training_state(n)}, strict_load=True)
+    if not_loaded:
+        raise UserError(f"checkpoint {path} left parameters unloaded: {_listing(not_loaded)}")
+    return params
+
+
+def save_atomic(save_obj, path, append_dict=None):
+    """Write a checkpoint to a temporary file, then rename: a crash never leaves a torn file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+    os.replace(tmp, path)
