@@ -20,6 +20,8 @@ Activation schemes (`quan_name_a`):
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
+from src.grouped_conv import GroupedLineConv
+
 
 class _InputSTE(nn.Cell):
     """Base for activation quantizers whose gradient is 1 where |x| <= 1."""
@@ -28,15 +30,25 @@ class _InputSTE(nn.Cell):
         return (dout * (ops.abs(x) <= 1.0).astype(dout.dtype),)
 
 
+# Adding then subtracting 1.5 * 2^23 rounds a float32 of magnitude < 2^22 to an
+# integer, ties to even: rint with two of MindSpore's fastest CPU kernels.
+ROUNDING_MAGIC = 12582912.0
+
+
 class RoundClip(_InputSTE):
     """rint(clip(x, -1, 1) * levels) / levels; rint rounds half to even."""
 
-    def __init__(self, nbit=1):
+    def __init__(self, nbit=1, fast=True):
         super().__init__()
         self.levels = float(2 ** nbit - 1)
+        self.fast = fast
         self.rint = ops.Rint()
 
     def construct(self, x):
+        if self.levels == 1.0 and self.fast:
+            # Same values as below in 4 fast kernels instead of 5 (Greater, Less, Cast are slow).
+            clipped = ops.minimum(ops.maximum(x, -1.0), 1.0)
+            return (clipped + ROUNDING_MAGIC) - ROUNDING_MAGIC
         if self.levels == 1.0:
             # Equals rint(clip(x, -1, 1)) bit for bit (ties at +-0.5 go to 0 both ways),
             # with fewer operators, and exports to ONNX, which has no Rint.
@@ -76,11 +88,15 @@ class _WeightSTE(nn.Cell):
 class XnorWeight(_WeightSTE):
     """sign(W) * mean(|W|) over axis 1, the scale shaped (out, 1, kh, kw)."""
 
-    def __init__(self):
+    def __init__(self, fast=True):
         super().__init__()
+        self.fast = fast
         self.mean = ops.ReduceMean(keep_dims=True)
 
     def construct(self, w):
+        if self.fast:
+            # Same products; MindSpore's CPU Mul is slow and keeps memory when it broadcasts.
+            return ops.sign(w) * ops.broadcast_to(self.mean(ops.abs(w), 1), w.shape)
         return ops.sign(w) * self.mean(ops.abs(w), 1)
 
 
@@ -113,9 +129,9 @@ class DorefaWeight(_WeightSTE):
         return 2.0 * self.rint(t * self.levels) / self.levels - 1.0
 
 
-def weight_quantizer(name, nbit):
+def weight_quantizer(name, nbit, fast=True):
     if name == "xnor":
-        return XnorWeight()
+        return XnorWeight(fast)
     if name == "bireal":
         return BiRealWeight()
     if name == "bnn":
@@ -127,9 +143,9 @@ def weight_quantizer(name, nbit):
     raise ValueError(f"unknown weight quantizer {name!r}; choose from {sorted(WEIGHT_SCHEMES)}")
 
 
-def activation_quantizer(name, nbit):
+def activation_quantizer(name, nbit, fast=True):
     if name in ("xnor", "dorefa"):
-        return RoundClip(nbit)
+        return RoundClip(nbit, fast)
     if name == "bnn":
         return SignClip()
     if name == "bireal":
@@ -146,11 +162,12 @@ ACTIVATION_SCHEMES = ("xnor", "dorefa", "bnn", "bireal", "fp")
 class QuanConv(nn.Cell):
     """Conv2d (no bias) on quantized weights and quantized activations.
 
-    padding is (top, bottom, left, right), as in the upstream layer.
+    padding is (top, bottom, left, right), as in the upstream layer. `fast` picks
+    quantizer formulations with the same values but faster MindSpore CPU kernels.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=(0, 0, 0, 0),
-                 group=1, quan_name_w="xnor", quan_name_a="xnor", nbit_w=1, nbit_a=1):
+                 group=1, quan_name_w="xnor", quan_name_a="xnor", nbit_w=1, nbit_a=1, fast=True):
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         if isinstance(padding, int):
@@ -163,10 +180,13 @@ class QuanConv(nn.Cell):
         self.nbit_w, self.nbit_a = nbit_w, nbit_a
         self.weight = Parameter(initializer(HeNormal(), (out_channels, in_channels // group, kh, kw)),
                                 name="weight")
-        self.quantize_weight = weight_quantizer(quan_name_w, nbit_w)
-        self.quantize_input = activation_quantizer(quan_name_a, nbit_a)
-        self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(kh, kw), mode=1,
-                               pad_mode="pad", pad=self.padding, stride=stride, group=group)
+        self.quantize_weight = weight_quantizer(quan_name_w, nbit_w, fast)
+        self.quantize_input = activation_quantizer(quan_name_a, nbit_a, fast)
+        if group > 1 and group == out_channels and stride == 1 and 1 in (kh, kw):
+            self.conv = GroupedLineConv(in_channels, out_channels, (kh, kw), self.padding, group)
+        else:
+            self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(kh, kw), mode=1,
+                                   pad_mode="pad", pad=self.padding, stride=stride, group=group)
         self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
 
     def construct(self, x):
