@@ -1,0 +1,291 @@
+"""Input pipelines: ImageNet-layout image folders and Fashion-MNIST, as batched MindSpore datasets.
+
+`create_dataset` yields batches of (image float32 NCHW, label int32). Evaluation
+pipelines never shuffle and never drop images; training pipelines shuffle,
+augment and drop the last partial batch.
+
+Images are decoded with PIL instead of MindSpore's C++ `Decode`: both give
+bit-identical pixels (same libjpeg), but the C++ decoder kills the whole process
+with SIGFPE on some truncated JPEGs, while PIL raises an error that we can turn
+into a message naming the file.
+"""
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as transforms
+import mindspore.dataset.vision as vision
+
+from src.context import UserError
+
+DATASETS = ("imagenet", "imagefolder", "fashion_mnist")
+SPLITS = ("train", "val")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+DEFAULT_IMAGE_SIZE = {"imagenet": 224, "imagefolder": 224, "fashion_mnist": 28}
+IMAGENET_CLASSES = 1000
+# The eval resize keeps the crop at 87.5% of the shorter side: 224 -> 256.
+CROP_RATIO = 0.875
+IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_MEAN = [0.2860 * 255]
+FASHION_MNIST_STD = [0.3530 * 255]
+
+# Marks our decoder's failures inside MindSpore's pipeline error text.
+UNREADABLE = "unreadable image"
+
+
+def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
+                   num_shards=None, shard_id=None, num_workers=None):
+    """A batched dataset of (image float32 CHW, label int32).
+
+    name: imagenet (an ImageNet folder: 1000 class folders), imagefolder (any
+    number of class folders) or fashion_mnist (path defaults to FASHION_MNIST_DIR).
+    split: "val" (no shuffle, no augmentation, keeps the last partial batch) or
+    "train" (shuffled, augmented, drops the last partial batch).
+    num_shards/shard_id: read one shard for distributed training. MindSpore pads
+    shards to equal size by repeating images, so evaluate unsharded.
+    """
+    _check_choice("dataset", name, DATASETS)
+    _check_choice("split", split, SPLITS)
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    image_size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+    if image_size < 1:
+        raise UserError(f"image size must be at least 1, got {image_size}")
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    training = split == "train"
+    if name == "fashion_mnist":
+        source = ds.FashionMnistDataset(fashion_mnist_folder(path or FASHION_MNIST_DIR),
+                                        usage="train" if training else "test", shuffle=training,
+                                        num_shards=num_shards, shard_id=shard_id,
+                                        num_parallel_workers=workers)
+    else:
+        source = ds.ImageFolderDataset(path, shuffle=training, extensions=_extensions_in(path),
+                                       class_indexing=_class_indexing(name, path),
+                                       num_shards=num_shards, shard_id=shard_id,
+                                       num_parallel_workers=workers)
+    dataset = source.map(image_transforms(name, split, image_size), input_columns="image",
+                         num_parallel_workers=workers)
+    dataset = dataset.map(transforms.TypeCast(ms.int32), input_columns="label")
+    return dataset.batch(batch_size, drop_remainder=training)
+
+
+def image_transforms(name, split, image_size=None):
+    """The per-image operations, from the source's image column to float32 CHW."""
+    decode = [] if name == "fashion_mnist" else [decode_rgb]
+    return decode + pixel_transforms(name, split, image_size)
+
+
+def pixel_transforms(name, split, image_size=None):
+    """From decoded HWC uint8 pixels (RGB, or 1-channel for fashion_mnist) to float32 CHW."""
+    image_size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+    if name == "fashion_mnist":
+        # A same-size resize is an exact copy, so 28x28 Fashion-MNIST images pass unchanged.
+        resize = vision.Resize((image_size, image_size), vision.Inter.LINEAR)
+        augment = [vision.RandomCrop(image_size, padding=2), vision.RandomHorizontalFlip()] if split == "train" else []
+        return [resize, *augment, vision.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD), vision.HWC2CHW()]
+    if split == "train":
+        crop = [vision.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=vision.Inter.LINEAR),
+                vision.RandomHorizontalFlip()]
+    else:
+        crop = [vision.Resize(resize_size(image_size), vision.Inter.LINEAR), vision.CenterCrop(image_size)]
+    return [*crop, vision.Normalize(IMAGENET_MEAN, IMAGENET_STD), vision.HWC2CHW()]
+
+
+def resize_size(image_size):
+    """Shorter side before the eval center crop: 256 for 224."""
+    return int(round(image_size / CROP_RATIO))
+
+
+def decode_rgb(raw):
+    """Encoded image bytes -> HWC uint8 RGB; grayscale, CMYK, palette and alpha images are converted."""
+    try:
+        with Image.open(io.BytesIO(raw.tobytes())) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise ValueError(f"{UNREADABLE}: {err}") from None
+
+
+def preprocess_image_file(file, name="imagenet", image_size=None):
+    """One image file -> the float32 CHW array that the eval pipeline of `name` produces."""
+    if not os.path.isfile(file):
+        raise UserError(f"image not found: {file}")
+    try:
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert("L" if name == "fashion_mnist" else "RGB"))
+    except Exception as err:  # as in decode_rgb
+        raise UserError(f"cannot decode {file}: {err}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    for op in pixel_transforms(name, "val", image_size):
+        pixels = op(pixels)
+    return pixels
+
+
+def numpy_batches(dataset, path=None):
+    """Iterate (images, labels) as numpy arrays; pipeline failures become UserError."""
+    try:
+        for images, labels in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
+            yield images, labels
+    except RuntimeError as err:
+        raise pipeline_error(err, path) from None
+
+
+def pipeline_error(err, path=None):
+    """A UserError explaining a MindSpore pipeline RuntimeError, naming the bad file if known."""
+    text = str(err)
+    file = re.search(r"The corresponding data file is: (.+?)\. Error description", text)
+    where = file.group(1) if file else path or "an unknown file"
+    reason = re.search(rf"{UNREADABLE}: (.*)", text)
+    if reason:
+        return UserError(f"cannot decode {where}: {reason.group(1).strip()} "
+                         f"(a corrupt or non-image file; remove or replace it)")
+    details = re.findall(r"^\[ERROR\] (.*)$", text, flags=re.MULTILINE)
+    return UserError(f"reading the dataset failed at {where}: {'; '.join(details) or text.strip()}")
+
+
+def class_names(name, path=None):
+    """Label index -> class name: Fashion-MNIST's names, or the sorted class folder names."""
+    if name == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    _check_choice("dataset", name, DATASETS)
+    return list(_class_indexing(name, path))
+
+
+def num_classes_of(name, path=None):
+    """10 for fashion_mnist, the number of class folders for imagefolder, 1000 for imagenet.
+
+    With a path, an imagenet folder is checked to hold 1000 class folders.
+    """
+    if name == "fashion_mnist":
+        return len(FASHION_MNIST_CLASSES)
+    _check_choice("dataset", name, DATASETS)
+    if name == "imagenet" and path is None:
+        return IMAGENET_CLASSES
+    return len(_class_indexing(name, path))
+
+
+def count_images(name, path=None, split="val"):
+    """How many images one epoch of the (unsharded) split holds."""
+    _check_choice("split", split, SPLITS)
+    if name == "fashion_mnist":
+        return ds.FashionMnistDataset(fashion_mnist_folder(path or FASHION_MNIST_DIR),
+                                      usage="train" if split == "train" else "test").get_dataset_size()
+    _check_choice("dataset", name, DATASETS)
+    folders = _class_indexing(name, path)
+    return sum(len(_image_files(os.path.join(path, folder))) for folder in folders)
+
+
+def _check_choice(what, value, choices):
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _image_files(folder):
+    return [entry.name for entry in os.scandir(folder)
+            if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
+
+
+def _class_folders(path):
+    """Sorted class folder names; hidden folders (.ipynb_checkpoints, ...) are not classes."""
+    if not path:
+        raise UserError("no dataset path given: pass --dataset_path")
+    if not os.path.isdir(path):
+        raise UserError(f"dataset folder not found: {path}")
+    folders = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if not folders:
+        loose = " (it holds image files directly: put them in one sub-folder per class)" \
+            if _image_files(path) else ""
+        raise UserError(f"no class folders in {path}{loose}; expected the ImageNet layout "
+                        f"{path}/<class>/<image>.JPEG")
+    return folders
+
+
+def _class_indexing(name, path):
+    """Folder name -> label, in sorted order; checks that the folder holds images."""
+    folders = _class_folders(path)
+    if name == "imagenet" and len(folders) != IMAGENET_CLASSES:
+        raise UserError(f"{path} has {len(folders)} class folders, ImageNet has {IMAGENET_CLASSES}; "
+                        f"use --dataset imagefolder for other folders")
+    if not any(_image_files(os.path.join(path, folder)) for folder in folders):
+        raise UserError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {path}")
+    return {folder: index for index, folder in enumerate(folders)}
+
+
+def _extensions_in(path):
+    """The image extensions present, in their actual spelling: ImageFolderDataset matches case-sensitively."""
+    found = set()
+    for folder in _class_folders(path):
+        found.update(os.path.splitext(file)[1] for file in _image_files(os.path.join(path, folder)))
+    return sorted(found)
+
+
+def fashion_mnist_folder(path=FASHION_MNIST_DIR):
+    """A folder with the four uncompressed idx files, decompressing `.gz` ones into a cache once."""
+    names = [name for pair in FASHION_MNIST_FILES.values() for name in pair]
+    sources = {name: _idx_source(path, name) for name in names}
+    missing = [name for name, source in sources.items() if source is None]
+    if missing:
+        raise UserError(f"Fashion-MNIST files missing in {path}: {', '.join(missing)} (or .gz); "
+                        f"install them with `apt-get install dataset-fashion-mnist` "
+                        f"or pass the folder that holds them")
+    if all(not source.endswith(".gz") for source in sources.values()):
+        return path
+    cache = os.path.join(_cache_root(), "fashion-mnist", _fingerprint(sources.values()))
+    for name, source in sources.items():
+        target = os.path.join(cache, name)
+        if not os.path.isfile(target):
+            _decompress(source, target)
+    return cache
+
+
+def _idx_source(path, name):
+    for candidate in (os.path.join(path, name), os.path.join(path, name + ".gz")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _cache_root():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bimlp")
+
+
+def _fingerprint(files):
+    """Names the cache after the source files, so a changed source never reuses a stale copy."""
+    digest = hashlib.sha1()
+    for file in files:
+        stat = os.stat(file)
+        digest.update(f"{os.path.abspath(file)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decompress(source, target):
+    """Write the decompressed file under a temporary name, then rename: never a torn cache file."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp.{os.getpid()}"
+    opener = gzip.open if source.endswith(".gz") else open
+    try:
+        with opener(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, EOFError) as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"cannot decompress {source} into {target}: {err}") from None
+    os.replace(tmp, target)

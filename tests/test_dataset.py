@@ -1,0 +1,218 @@
+"""The input pipelines on small real image files, and on the installed Fashion-MNIST."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from data_images import noisy, solid, truncate, write_idx, write_image, write_tree
+from src.context import UserError
+from src.dataset import (FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, class_names, count_images,
+                         create_dataset, fashion_mnist_folder, num_classes_of, numpy_batches,
+                         preprocess_image_file, resize_size)
+
+ORANGE = (200, 100, 50)
+
+
+def batches(dataset, path=None):
+    return list(numpy_batches(dataset, path))
+
+
+def normalized(value, channel):
+    return (value - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+
+
+@pytest.fixture(scope="module")
+def formats_tree(tmp_path_factory):
+    """Seven images of every supported kind in three classes, created in unsorted order."""
+    root = str(tmp_path_factory.mktemp("formats"))
+    return write_tree(root, {
+        "emu/palette.png": (solid(ORANGE), "P"),
+        "emu/gray.PNG": (solid(ORANGE), "L"),
+        "cat/rgb.JPEG": (solid(ORANGE), "RGB"),
+        "cat/rgb.jpg": (noisy(1), "RGB"),
+        "dog/gray.jpeg": (solid(ORANGE), "L"),
+        "dog/cmyk.JPEG": (solid(ORANGE), "CMYK"),
+        "dog/rgba.png": (solid(ORANGE), "RGBA"),
+    })
+
+
+def test_every_format_loads_with_sorted_labels_and_keeps_the_partial_batch(formats_tree):
+    dataset = create_dataset("imagefolder", formats_tree, "val", batch_size=3, image_size=32)
+    result = batches(dataset)
+    assert [len(labels) for _, labels in result] == [3, 3, 1]
+    images = np.concatenate([images for images, _ in result])
+    labels = np.concatenate([labels for _, labels in result])
+    assert images.shape == (7, 3, 32, 32) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert np.isfinite(images).all()
+    assert class_names("imagefolder", formats_tree) == ["cat", "dog", "emu"]
+    assert num_classes_of("imagefolder", formats_tree) == 3
+    assert count_images("imagefolder", formats_tree) == 7
+
+
+def test_cmyk_and_alpha_images_decode_to_their_rgb_colour(tmp_path):
+    write_tree(str(tmp_path), {"a/cmyk.jpg": (solid(ORANGE), "CMYK"), "a/rgba.png": (solid(ORANGE), "RGBA"),
+                               "a/rgb.jpg": (solid(ORANGE), "RGB")})
+    images, _ = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=3, image_size=16))[0]
+    for image in images:
+        for channel, value in enumerate(ORANGE):
+            # JPEG is lossy: within 3 grey levels of the true colour.
+            assert abs(image[channel].mean() - normalized(value, channel)) < 3 / IMAGENET_STD[channel]
+
+
+def test_eval_is_deterministic_and_unshuffled(formats_tree):
+    first = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=2, image_size=16))
+    second = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=2, image_size=16))
+    for (images_a, labels_a), (images_b, labels_b) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(images_a, images_b)
+        np.testing.assert_array_equal(labels_a, labels_b)
+
+
+def test_solid_colour_normalizes_to_the_imagenet_statistics(tmp_path):
+    write_image(str(tmp_path / "a" / "solid.png"), solid((255, 128, 0), size=(300, 200)))
+    (images, _), = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=1))
+    assert images.shape == (1, 3, 224, 224)
+    for channel, value in enumerate((255, 128, 0)):
+        np.testing.assert_allclose(images[0, channel], normalized(value, channel), rtol=1e-6)
+
+
+def test_eval_resizes_the_shorter_side_to_256_then_center_crops_224(tmp_path):
+    # Pixel value = column index: a 256x256 image is not resized, the crop starts at column 16.
+    gradient = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))
+    write_image(str(tmp_path / "a" / "exact.png"), gradient)
+    # Twice as large: resized down to 256 first, so the crop shows nearly the same values.
+    write_image(str(tmp_path / "b" / "double.png"), np.repeat(np.repeat(gradient, 2, axis=0), 2, axis=1))
+    (images, _), = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=2))
+    assert resize_size(224) == 256
+    expected = normalized(np.arange(16, 240, dtype=np.float32), 0)
+    np.testing.assert_allclose(images[0, 0, 100], expected, rtol=1e-5)
+    np.testing.assert_allclose(images[1, 0, 100], expected, atol=1.0 / IMAGENET_STD[0])
+
+
+def test_other_image_sizes_keep_the_crop_ratio(formats_tree):
+    assert resize_size(64) == 73
+    (images, _), = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=8, image_size=64))
+    assert images.shape == (7, 3, 64, 64)
+
+
+def test_preprocess_image_file_matches_the_pipeline(formats_tree):
+    (images, _), = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=8, image_size=32))
+    single = preprocess_image_file(os.path.join(formats_tree, "cat", "rgb.jpg"), "imagefolder", 32)
+    assert any(np.array_equal(single, image) for image in images)
+
+
+def test_shards_split_the_images_disjointly(tmp_path):
+    for i in range(8):
+        write_image(str(tmp_path / f"class{i % 2}" / f"{i}.png"), solid((i * 30,) * 3, size=(16, 16)))
+    seen = []
+    for shard in range(2):
+        dataset = create_dataset("imagefolder", str(tmp_path), "val", batch_size=8, image_size=8,
+                                 num_shards=2, shard_id=shard)
+        (images, _), = batches(dataset)
+        seen.append({round(float(v)) for v in images[:, 0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]})
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == {i * 30 for i in range(8)}
+
+
+def test_train_pipeline_augments_and_drops_the_partial_batch(formats_tree):
+    result = batches(create_dataset("imagefolder", formats_tree, "train", batch_size=3, image_size=24))
+    assert [images.shape for images, _ in result] == [(3, 3, 24, 24)] * 2
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "dataset folder not found"),
+    ("empty", "no class folders"),
+    ("loose", "one sub-folder per class"),
+    ("no_images", "no image files"),
+])
+def test_bad_folders_are_user_errors(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "loose":
+        write_image(str(root / "a.jpg"), solid(ORANGE))
+    if layout == "no_images":
+        (root / "cat").mkdir()
+        (root / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=message):
+        create_dataset("imagefolder", str(root), "val", batch_size=2)
+
+
+def test_imagenet_needs_1000_class_folders(formats_tree):
+    with pytest.raises(UserError, match="3 class folders.*--dataset imagefolder"):
+        create_dataset("imagenet", formats_tree, "val", batch_size=2)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
+def test_a_corrupt_image_is_named(tmp_path, damage):
+    write_tree(str(tmp_path), {"a/good.jpg": (noisy(2), "RGB"), "b/bad.JPEG": (noisy(3), "RGB")})
+    bad = str(tmp_path / "b" / "bad.JPEG")
+    if damage == "truncated":
+        truncate(bad)  # MindSpore's C++ decoder would kill the process here (SIGFPE)
+    else:
+        with open(bad, "w") as handle:
+            handle.write("<html>404</html>")
+    dataset = create_dataset("imagefolder", str(tmp_path), "val", batch_size=1, image_size=16)
+    with pytest.raises(UserError, match=f"cannot decode {bad}"):
+        batches(dataset, str(tmp_path))
+
+
+def test_fashion_mnist_test_split_is_complete_and_in_file_order():
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")) as handle:
+        file_labels = np.frombuffer(handle.read()[8:], np.uint8)
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")) as handle:
+        first_image = np.frombuffer(handle.read()[16:16 + 784], np.uint8).reshape(28, 28)
+    result = batches(create_dataset("fashion_mnist", None, "val", batch_size=3000))
+    labels = np.concatenate([labels for _, labels in result])
+    images = result[0][0]
+    assert [len(batch) for _, batch in result] == [3000, 3000, 3000, 1000]
+    assert images.shape[1:] == (1, 28, 28) and images.dtype == np.float32 and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, file_labels)
+    np.testing.assert_allclose(images[0, 0], (first_image - 0.2860 * 255) / (0.3530 * 255), rtol=1e-5)
+    assert num_classes_of("fashion_mnist") == 10 and len(class_names("fashion_mnist")) == 10
+
+
+def test_fashion_mnist_train_split():
+    assert count_images("fashion_mnist", None, "train") == 60000
+    assert count_images("fashion_mnist", None, "val") == 10000
+    dataset = create_dataset("fashion_mnist", None, "train", batch_size=256)
+    assert dataset.get_dataset_size() == 60000 // 256
+    images, labels = next(numpy_batches(dataset))
+    assert images.shape == (256, 1, 28, 28) and labels.min() >= 0 and labels.max() <= 9
+
+
+def test_fashion_mnist_gz_files_are_decompressed_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = fashion_mnist_folder()
+    assert folder.startswith(str(tmp_path / "bimlp" / "fashion-mnist"))
+    stamp = os.stat(os.path.join(folder, "train-images-idx3-ubyte"))
+    assert stamp.st_size == 16 + 60000 * 28 * 28
+    assert fashion_mnist_folder() == folder
+    assert os.stat(os.path.join(folder, "train-images-idx3-ubyte")).st_mtime_ns == stamp.st_mtime_ns
+
+
+def test_uncompressed_idx_files_are_read_in_place(tmp_path):
+    images = np.arange(5 * 28 * 28, dtype=np.uint32).reshape(5, 28, 28) % 256
+    write_idx(str(tmp_path), "train", images, [1, 2, 3, 4, 5])
+    write_idx(str(tmp_path), "test", images[:3], [7, 8, 9])
+    assert fashion_mnist_folder(str(tmp_path)) == str(tmp_path)
+    (batch, labels), = batches(create_dataset("fashion_mnist", str(tmp_path), "val", batch_size=4))
+    assert labels.tolist() == [7, 8, 9] and batch.shape == (3, 1, 28, 28)
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        create_dataset("fashion_mnist", str(tmp_path), "val", batch_size=4)
+
+
+def test_bad_arguments_are_user_errors(formats_tree):
+    with pytest.raises(UserError, match="batch size"):
+        create_dataset("imagefolder", formats_tree, "val", batch_size=0)
+    with pytest.raises(UserError, match="image size"):
+        create_dataset("imagefolder", formats_tree, "val", batch_size=2, image_size=0)
+    with pytest.raises(UserError, match="unknown dataset"):
+        create_dataset("cifar", formats_tree, "val", batch_size=2)
+    with pytest.raises(UserError, match="unknown split"):
+        create_dataset("imagefolder", formats_tree, "test", batch_size=2)
