@@ -84,6 +84,7 @@ def load_weights(net, path, model_name):
 def save_atomic(save_obj, path, append_dict=None):
     """Write a checkpoint to a temporary file, then rename: a crash never leaves a torn file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    # MindSpore appends ".ckpt" to any other file name, so the temporary name keeps that suffix.
+    tmp = f"{path}.{os.getpid()}.tmp.ckpt"
     ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
     os.replace(tmp, path)

@@ -3,9 +3,12 @@
 MindSpore 2.10's CPU Conv2DBackpropFilter is ~100x slower than the forward
 convolution for the depthwise-style layers of BiMLP (group = out channels),
 which made a training step take seconds. The forward and the input gradient use
-MindSpore's own kernels; the weight gradient is written as K shifted products.
+MindSpore's own kernels; the weight gradient is written as K products of shifted
+slices, each reduced to one value per channel by BiasAddGrad (a general
+ReduceSum over the batch and spatial axes is several times slower there).
 """
 from mindspore import nn, ops
+from mindspore.ops.operations._grad_ops import BiasAddGrad
 
 
 class GroupedLineConv(nn.Cell):
@@ -19,25 +22,32 @@ class GroupedLineConv(nn.Cell):
         self.per_group = in_channels // group
         self.taps = max(kh, kw)
         self.along_width = kh == 1
-        self.padding = padding
+        top, _, left, _ = padding
+        self.before = left if self.along_width else top
         self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=kernel_size, mode=1,
                                pad_mode="pad", pad=padding, group=group)
         self.input_grad = ops.Conv2DBackpropInput(out_channel=in_channels, kernel_size=kernel_size,
                                                   pad_mode="pad", pad=padding, group=group)
+        self.channel_sum = BiasAddGrad()
 
     def construct(self, x, w):
         return self.conv(x, w)
 
     def bprop(self, x, w, out, dout):
         dx = self.input_grad(dout, w, x.shape)
-        top, bottom, left, right = self.padding
-        xpad = ops.pad(x, (left, right, top, bottom))
-        b, c_out, h, wd = dout.shape
-        dout5 = dout.reshape(b, c_out, 1, h, wd)
+        b, c_in, h, wd = x.shape
+        if self.per_group > 1:
+            # input channel g * per_group + i meets output channel g
+            dout = ops.broadcast_to(dout.reshape(b, -1, 1, h, wd), (b, c_in // self.per_group, self.per_group, h, wd))
+            dout = dout.reshape(b, c_in, h, wd)
+        length = wd if self.along_width else h
         taps = []
         for j in range(self.taps):
-            shifted = xpad[:, :, :, j:j + wd] if self.along_width else xpad[:, :, j:j + h, :]
-            prod = shifted.reshape(b, c_out, self.per_group, h, wd) * dout5
-            taps.append(prod.sum(axis=(0, 3, 4)))
+            shift = j - self.before  # output position p reads input position p + shift
+            lo, hi = max(0, -shift), min(length, length - shift)
+            taps.append(self.channel_sum(self._span(x, lo + shift, hi + shift) * self._span(dout, lo, hi)))
         dw = ops.stack(taps, axis=-1).reshape(w.shape)
         return dx, dw
+
+    def _span(self, t, start, stop):
+        return t[:, :, :, start:stop] if self.along_width else t[:, :, start:stop, :]
