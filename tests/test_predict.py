@@ -1,0 +1,135 @@
+"""predict.py: top-k with class names for an image or a folder, eval preprocessing, clear errors."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict
+from conftest import ROOT
+from src.context import run_cli
+from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
+from src.wavemlp_20_3 import create_model
+
+IMAGES = 3
+
+
+def fashion_mnist_test_images(count):
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG plus one broken file."""
+    folder = tmp_path_factory.mktemp("predict")
+    ms.set_seed(2)
+    checkpoint = str(folder / "t.ckpt")
+    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
+    images = folder / "images"
+    images.mkdir()
+    for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
+        Image.fromarray(pixels).save(images / f"{index}.png")
+    (images / "broken.png").write_text("not an image")
+    (images / "notes.txt").write_text("not an image either, and not an image name")
+    return checkpoint, str(images)
+
+
+def predict_command(*args):
+    return [sys.executable, os.path.join(ROOT, "predict.py"), *args]
+
+
+@pytest.fixture(scope="module")
+def outputs(setup, tmp_path_factory):
+    """stdout of predict.py on the folder with --json, and on one image with a class-name file (run in parallel)."""
+    checkpoint, folder = setup
+    names = tmp_path_factory.mktemp("names") / "names.txt"
+    names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
+    common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    commands = {"json": predict_command("--image", folder, "--json", *common),
+                "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
+                                          "--top_k", "3", *common)}
+    runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for key, command in commands.items()}
+    results = {}
+    for key, proc in runs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out + err
+        results[key] = out
+    return results
+
+
+def test_png_preprocessing_is_the_eval_pipeline():
+    dataset = create_dataset("fashion_mnist", split="val", batch_size=IMAGES)
+    batch = next(dataset.create_tuple_iterator(output_numpy=True, num_epochs=1))[0]
+    for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
+        image = Image.fromarray(pixels)
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bimlp_predict_{os.getpid()}_{index}.png")
+        image.save(path)
+        try:
+            assert np.array_equal(preprocess_image_file(path, "fashion_mnist"), batch[index])
+        finally:
+            os.remove(path)
+
+
+def test_folder_as_json(setup, outputs):
+    checkpoint = setup[0]
+    result = json.loads(outputs["json"])
+    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "1.png", "2.png"]
+    assert [os.path.basename(s["image"]) for s in result["skipped"]] == ["broken.png"]
+    for prediction in result["predictions"]:
+        top = prediction["top_k"]
+        assert [entry["rank"] for entry in top] == [1, 2, 3, 4, 5]
+        assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+        probs = [entry["probability"] for entry in top]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-9
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # same logits as graph mode, without the compile
+    net = create_model("BiMLP_T")
+    ms.load_param_into_net(net, ms.load_checkpoint(checkpoint), strict_load=True)
+    net.set_train(False)
+    images = np.stack([preprocess_image_file(p["image"], "fashion_mnist") for p in result["predictions"]])
+    logits = net(ms.Tensor(images)).asnumpy()
+    assert [p["top_k"][0]["class"] for p in result["predictions"]] == logits.argmax(1).tolist()
+
+
+def test_single_image_readable_with_class_file(outputs):
+    lines = outputs["single"].strip().splitlines()
+    assert lines[0].endswith("0.png")
+    assert [line.split()[0] for line in lines[1:]] == ["1.", "2.", "3."]
+    assert all("thing" in line and "other name" in line and "%" in line for line in lines[1:])
+
+
+def test_synset_mapping_and_plain_names(tmp_path):
+    synsets = tmp_path / "LOC_synset_mapping.txt"
+    synsets.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert predict.read_class_names(str(synsets), 2) == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+    plain = tmp_path / "names.txt"
+    plain.write_text("cat\ndog\n")
+    assert predict.read_class_names(str(plain), 2) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "image or folder not found"),
+    ("empty", "no images"),
+    ("broken", "cannot decode"),
+    ("class_count", "lists 2 class names, the model has 10 classes"),
+])
+def test_errors(case, message, setup, tmp_path, capsys):
+    checkpoint, folder = setup
+    image = {"missing": str(tmp_path / "nothing.png"), "empty": str(tmp_path),
+             "broken": os.path.join(folder, "broken.png")}.get(case, os.path.join(folder, "0.png"))
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    if case == "class_count":
+        argv += ["--class_names", str(names)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: predict.main(argv))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
