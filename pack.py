@@ -11,7 +11,7 @@ import os
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import check_compatible, read_checkpoint
+from src.checkpoint import check_compatible, read_checkpoint, save_atomic
 from src.context import UserError, run_cli, setup_device
 from src.packing import pack_params, packable_layers, read_packed, save_packed, unpack_arrays
 from src.wavemlp_20_3 import MODELS, create_model
@@ -54,7 +54,7 @@ def unpack(args):
     arrays = read_packed(args.checkpoint_path)
     start_device()
     params = unpack_arrays(arrays)
-    save_checkpoint([{"name": name, "data": ms.Tensor(value)} for name, value in params.items()], args.output)
+    save_atomic([{"name": name, "data": ms.Tensor(value)} for name, value in params.items()], args.output)
     print(f"unpacked {len(params)} parameters of {arrays['model']} to {args.output}")
     report_sizes(args.checkpoint_path, args.output)
 
@@ -62,14 +62,6 @@ def unpack(args):
 def start_device():
     """After the inputs are checked. The quantizers run op by op: graph mode would compile one graph per shape."""
     setup_device("CPU", 0, mode="pynative")
-
-
-def save_checkpoint(save_obj, path):
-    """Write through a temporary file, then rename; its name ends in .ckpt, or MindSpore would append one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.ckpt"
-    ms.save_checkpoint(save_obj, tmp)
-    os.replace(tmp, path)
 
 
 def report_sizes(source, target):

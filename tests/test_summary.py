@@ -14,8 +14,8 @@ from src.summary import (KIND_BINARY, KIND_DEPTHWISE, KIND_FLOAT_CONV, cell_coun
                          layer_counts, total)
 from src.wavemlp_20_3 import Mlp, create_model
 
-BINARY = dict(quan_name_w="xnor", quan_name_a="xnor", nbit_w=1, nbit_a=1)
-FLOAT = dict(quan_name_w="fp", quan_name_a="fp", nbit_w=1, nbit_a=1)
+BINARY = dict(quan_name_w="xnor", quan_name_a="xnor", nbit_w=1, nbit_a=1, fast=True)
+FLOAT = dict(quan_name_w="fp", quan_name_a="fp", nbit_w=1, nbit_a=1, fast=True)
 
 
 def only(counts):
@@ -85,14 +85,16 @@ def test_analytic_shapes_match_a_forward_pass():
 
 
 def test_tiny_bimlp_totals():
-    net = create_model("BiMLP_T")
+    net = create_model("BiMLP_T")  # 4x4 stride-4 stem: 7x7 tokens, then 4x4, 2x2, 1x1
     counts = {count.name: count for count in layer_counts(net, 28)}
     whole = total(counts.values())
     assert whole.params_1bit + whole.params_32bit == sum(p.size for p in net.get_parameters())
-    assert counts["patch_embed.proj"].flops == 32 * 28 * 28 * 1 * 3 * 3
-    assert counts["network.1.proj"].flops == 64 * 28 * 28 * 32
-    assert counts["network.2.0.attn.fc_h"].bops == 64 * 14 * 14 * 64
+    assert counts["patch_embed.proj"].flops == 32 * 7 * 7 * 1 * 4 * 4
+    assert counts["network.1.proj"].flops == 64 * 7 * 7 * 32
+    assert counts["network.2.0.attn.fc_h"].bops == 64 * 4 * 4 * 64
+    assert counts["network.2.0.attn.tfc_w"].bops == 64 * 4 * 4 * 2 * 7
     assert counts["network.2.0.attn.reweight.fc2"].bops == 192 * 16
+    assert counts["network.6.0.sfc_h"].flops == 256 * 1 * 1 * 7
     assert counts["head"].flops == 256 * 10
 
 
@@ -109,7 +111,7 @@ def test_bimlp_s_at_224():
 def test_cli_markdown(capsys):
     summary.main(["--model", "BiMLP_T", "--markdown", "--per_layer"])
     out = capsys.readouterr().out
-    assert "| network.0.0.mlp.fc1 | binary conv | 128x28x28 |" in out
+    assert "| network.0.0.mlp.fc1 | binary conv | 128x7x7 |" in out
     assert "| OPs = BOPs/64 + FLOPs |" in out
 
 
