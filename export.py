@@ -43,9 +43,11 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS), help="model variant")
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS)
     parser.add_argument("--batch_size", type=int, default=1, help="fixed batch size of the exported graph")
-    parser.add_argument("--image_size", type=int, default=None, help="input height = width (default 224; 28 for BiMLP_T)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="input height = width (default 224; 28 for BiMLP_T)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
-    parser.add_argument("--file_name", default=None, help="output path without extension (default: the variant, lower case)")
+    parser.add_argument("--file_name", default=None,
+                        help="output path without extension (default: the variant, lower case)")
     parser.add_argument("--platform", default="CPU", choices=("Ascend", "GPU", "CPU"))
     parser.add_argument("--device_id", type=int, default=default_device_id())
     return parser.parse_args(argv)
@@ -119,8 +121,15 @@ class SpatialMean(ms.nn.Cell):
 
 @contextlib.contextmanager
 def onnx_exportable_pooling():
-    """Swap the model's AdaptiveAvgPool2D (no ONNX converter in MindSpore 2.10) while exporting."""
-    original = wavemlp.ACCURATE_POOL
+    """Swap the model's AdaptiveAvgPool2D (no ONNX converter in MindSpore 2.10) while exporting.
+
+    Should the model stop using the module-level ACCURATE_POOL, nothing is swapped and the
+    export fails with an error naming AdaptiveAvgPool2D.
+    """
+    original = getattr(wavemlp, "ACCURATE_POOL", None)
+    if original is None:
+        yield
+        return
     wavemlp.ACCURATE_POOL = SpatialMean()
     try:
         yield

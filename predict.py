@@ -36,7 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint_path", required=True)
     parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS), help="model variant")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
-    parser.add_argument("--image_size", type=int, default=None, help="input height = width (default 224; 28 for BiMLP_T)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="input height = width (default 224; 28 for BiMLP_T)")
     parser.add_argument("--class_names", default=None,
                         help="LOC_synset_mapping.txt (lines 'n01440764 tench, Tinca tinca') or one name per line")
     parser.add_argument("--top_k", type=int, default=5)

@@ -18,7 +18,8 @@ COUNT_COLUMNS = ("1-bit params", "32-bit params", "fp32 KiB", "packed KiB", "BOP
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="BiMLP_S", choices=sorted(MODELS))
-    parser.add_argument("--image_size", type=int, default=None, help="input height = width (default 224; 28 for BiMLP_T)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="input height = width (default 224; 28 for BiMLP_T)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
     parser.add_argument("--per_layer", action="store_true", help="one row per conv/dense layer instead of per stage")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")

@@ -67,8 +67,8 @@ def stage_boxes(net, counts, image_size):
         name = f"network.{index}"
         if isinstance(cell, Downsample):
             out = convs[f"{name}.proj"].output.split("x")[0]
-            boxes.append(("downsample", f"float conv 1x1\n-> {out} ch\n4 max-pools, /2\n\n{flops(stages[labels[name]])}",
-                          COLORS[KIND_FLOAT_CONV]))
+            body = f"float conv 1x1\n-> {out} ch\n4 max-pools, /2\n\n{flops(stages[labels[name]])}"
+            boxes.append(("downsample", body, COLORS[KIND_FLOAT_CONV]))
         else:
             shape = convs[f"{name}.0.attn.proj"].output
             stage = stages[labels[name]]

@@ -123,7 +123,8 @@ def test_cli_rejects_too_small_image(capsys):
 
 
 def test_architecture_figure(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_arch_figure", os.path.join(ROOT, "scripts", "make_arch_figure.py"))
+    script = os.path.join(ROOT, "scripts", "make_arch_figure.py")
+    spec = importlib.util.spec_from_file_location("make_arch_figure", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     path = module.draw("BiMLP_T", 28, str(tmp_path / "arch.png"))
