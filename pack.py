@@ -43,8 +43,8 @@ def pack(args):
     arrays, kept_float = pack_params(params, packable_layers(net), args.checkpoint_nm)
     save_packed(arrays, args.output)
     packed = sum(name.endswith("@signs") for name in arrays)
-    print(f"packed {packed} binary layers as sign bits + scales, "
-          f"{len(params) - packed} parameters kept float32")
+    print(f"packed {packed} binary layers' weights as sign bits + scales; "
+          f"kept {len(params) - packed} other tensors float32")
     for name in kept_float:
         print(f"  kept float (an exact 0 in the latent weights, or no exact bit round trip): {name}")
     report_sizes(args.checkpoint_path, args.output)
