@@ -38,7 +38,7 @@ def check_compatible(net, params, model_name, path):
     if shapes:
         lines.append("  shape mismatches: " + _listing(
             f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
-    hint = guess_variant(weights, exclude=model_name)
+    hint = guess_variant(weights, exclude=model_name) if missing or unexpected else None
     if hint:
         lines.append(f"  this checkpoint looks like {hint}: try --checkpoint_nm {hint}")
     if "head.weight" in shapes:

@@ -44,4 +44,7 @@ def setup_device(platform, device_id=0, mode="graph"):
 
 
 def default_device_id():
-    return int(os.environ.get("DEVICE_ID", 0))
+    value = os.environ.get("DEVICE_ID", "0")
+    if not value.isdigit():
+        raise UserError(f"DEVICE_ID must be a device number, got {value!r}")
+    return int(value)

@@ -45,7 +45,10 @@ class GroupedLineConv(nn.Cell):
         for j in range(self.taps):
             shift = j - self.before  # output position p reads input position p + shift
             lo, hi = max(0, -shift), min(length, length - shift)
-            taps.append(self.channel_sum(self._span(x, lo + shift, hi + shift) * self._span(dout, lo, hi)))
+            if hi <= lo:  # the tap only ever reads padding
+                taps.append(ops.zeros((c_in,), x.dtype))
+            else:
+                taps.append(self.channel_sum(self._span(x, lo + shift, hi + shift) * self._span(dout, lo, hi)))
         dw = ops.stack(taps, axis=-1).reshape(w.shape)
         return dx, dw
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Fashion-MNIST from Debian, a virtualenv in .venv with requirements.txt.
+# Re-running it does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "setup: Fashion-MNIST is missing; run: sudo apt-get install dataset-fashion-mnist" >&2
+    fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+if ! sha256sum --status -c "$stamp" 2>/dev/null; then
+    echo "setup: installing requirements.txt into .venv (MindSpore is an ~800 MB download)"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r requirements.txt
+    sha256sum requirements.txt > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import mindspore, numpy; print("mindspore", mindspore.__version__, "numpy", numpy.__version__)' 2>/dev/null | tail -1))"

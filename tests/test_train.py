@@ -1,0 +1,196 @@
+"""train.py: configs, schedule, checkpoints, resume after a kill, divergence, msrun data parallelism.
+
+Runs use BiMLP_T on a small real Fashion-MNIST subset (the first images of the
+Debian package's files), so each training process takes well under a minute.
+"""
+import csv
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from data_images import write_idx
+from src.config import DEFAULTS, load_config
+from src.context import UserError
+from src.dataset import FASHION_MNIST_DIR
+from src.optim import decays, lr_schedule
+from src.wavemlp_20_3 import create_model
+
+CONFIG = os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml")
+
+
+def read_idx(split, count):
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("fashion"))
+    write_idx(folder, "train", *read_idx("train", 320))
+    write_idx(folder, "test", *read_idx("test", 40))
+    return folder
+
+
+def train_args(data, out, *extra):
+    return [sys.executable, "train.py", "--config", CONFIG, "--dataset_path", data, "--output_dir", str(out),
+            "--batch_size", "8", "--steps_per_epoch", "10", "--epochs", "2", "--warmup_epochs", "0.5",
+            "--num_workers", "1", "--log_every", "1", *extra]
+
+
+def run(args, timeout=900):
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def checkpoint_arrays(path):
+    return {name: p.asnumpy() for name, p in ms.load_checkpoint(path).items()}
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_config_layers_defaults_yaml_and_flags(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("model: BiMLP_T\nlr: 0.5\nepochs: 7\n")
+    config = load_config(str(file), {"lr": 0.25, "epochs": None})
+    assert (config["model"], config["lr"], config["epochs"]) == ("BiMLP_T", 0.25, 7)
+    assert config["weight_decay"] == DEFAULTS["weight_decay"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("modle: BiMLP_T\n", "unknown setting(s) in"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("epochs: 0\n", "epochs must be at least 1"),
+    ("platform: TPU\n", "platform must be one of"),
+])
+def test_bad_config_files_are_errors(tmp_path, text, message):
+    file = tmp_path / "c.yaml"
+    file.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(str(file))
+
+
+def test_every_shipped_config_loads():
+    for name in os.listdir(os.path.join(ROOT, "configs")):
+        assert load_config(os.path.join(ROOT, "configs", name))["model"] in ("BiMLP_S", "BiMLP_M", "BiMLP_T")
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    rates = lr_schedule(1.0, 0.0, warmup_epochs=1, epochs=3, steps_per_epoch=4)
+    assert len(rates) == 12
+    np.testing.assert_allclose(rates[:4], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rates[4], 1.0)
+    np.testing.assert_allclose(rates[8], 0.5, atol=1e-6)  # halfway through the cosine
+    assert all(np.diff(rates[4:]) < 0) and rates[-1] > 0
+
+
+def test_weight_decay_only_on_conv_and_dense_weights():
+    net = create_model("BiMLP_T")
+    decayed = {p.name for p in net.trainable_params() if decays(p.name, p)}
+    assert "head.weight" in decayed and "network.0.0.mlp.fc1.weight" in decayed
+    assert "patch_embed.proj.weight" in decayed
+    for name in ("head.bias", "network.0.0.weight", "network.0.0.norm1.gamma", "network.0.0.mlp.move1.bias",
+                 "network.0.0.mlp.act1.act.w", "patch_embed.proj.bias"):
+        assert name not in decayed
+
+
+def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_path):
+    unbroken = run(train_args(small_fashion, tmp_path / "a"))
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved["batch_size"] == 8 and saved["num_classes"] == 10
+
+    out = tmp_path / "b"
+    proc = subprocess.Popen(train_args(small_fashion, out), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/2 step 3/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoint_arrays(out / "last.ckpt")["train_state.epoch"] == 1
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+    resumed = run(train_args(small_fashion, out, "--resume", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "1 epochs done" in resumed.stdout
+    assert "epoch 1/2 step" not in resumed.stdout
+
+    a, b = checkpoint_arrays(tmp_path / "a" / "last.ckpt"), checkpoint_arrays(out / "last.ckpt")
+    assert a.keys() == b.keys()
+    assert "global_step" in a and any(name.startswith("adam_m.") for name in a)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    with open(tmp_path / "a" / "log.csv") as fa, open(out / "log.csv") as fb:
+        rows_a, rows_b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert [r["epoch"] for r in rows_b] == ["1", "2"]
+    assert [r["val_top1"] for r in rows_a] == [r["val_top1"] for r in rows_b]
+    assert os.path.isfile(out / "best.ckpt")
+
+    evaluated = run([sys.executable, "eval.py", "--checkpoint_path", str(out / "best.ckpt"),
+                     "--checkpoint_nm", "BiMLP_T", "--dataset_path", small_fashion, "--batch_size", "16"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "'num_samples': 40" in evaluated.stdout
+
+
+def test_divergence_stops_with_the_last_good_checkpoint_intact(small_fashion, tmp_path):
+    out = tmp_path / "run"
+    first = run(train_args(small_fashion, out, "--epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = digest(out / "last.ckpt")
+    diverged = run(train_args(small_fashion, out, "--epochs", "2", "--resume", "last", "--lr", "1e30"))
+    assert diverged.returncode != 0
+    assert "loss became" in diverged.stderr and "Last good checkpoint" in diverged.stderr
+    assert str(out / "last.ckpt") in diverged.stderr
+    assert "Traceback" not in diverged.stderr
+    assert digest(out / "last.ckpt") == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config", "nope.yaml"], "config file not found"),
+    (["--resume", "missing.ckpt"], "nothing to resume"),
+    (["--model", "BiMLP_X"], "unknown model"),
+    (["--dataset", "imagenet", "--dataset_path", ""], "--dataset_path is required"),
+])
+def test_bad_training_input_is_one_clear_error(tmp_path, flags, message):
+    result = run([sys.executable, "train.py", "--config", CONFIG, "--output_dir", str(tmp_path), *flags])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_msrun_two_cpu_workers_read_different_shards_and_stay_in_sync(small_fashion, tmp_path):
+    if shutil.which("msrun", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("msrun is not installed next to this Python")
+    logs = tmp_path / "logs"
+    env = dict(os.environ, LOG_DIR=str(logs), MASTER_PORT=str(8200 + os.getpid() % 500),
+               PYTHON=sys.executable)
+    result = subprocess.run(
+        ["bash", "scripts/run_distribute_train_cpu.sh", "2", CONFIG, "--dataset_path", small_fashion,
+         "--output_dir", str(tmp_path / "out"), "--batch_size", "8", "--steps_per_epoch", "3", "--epochs", "1",
+         "--num_workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    worker_logs = "".join((logs / name).read_text() for name in sorted(os.listdir(logs)) if "worker" in name)
+    assert result.returncode == 0, (result.stderr + worker_logs)[-4000:]
+    found = dict((int(r), (d, p)) for r, d, p in re.findall(
+        r"rank (\d)/2: data digest (\w+), parameter digest (\w+)", worker_logs))
+    assert sorted(found) == [0, 1]
+    assert found[0][0] != found[1][0], "both ranks read the same images"
+    assert found[0][1] == found[1][1], "parameters differ between ranks after training"
+    assert os.path.isfile(tmp_path / "out" / "last.ckpt")

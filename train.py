@@ -1,0 +1,302 @@
+"""Train a BiMLP (binary or its float twin) from a YAML config, on one device or data-parallel under msrun.
+
+    python train.py --config configs/bimlp_t_fashion_mnist.yaml
+    python train.py --config configs/bimlp_s_imagenet.yaml --dataset_path /data/imagenet --platform GPU
+    python train.py --config ... --resume last        # continue from output_dir/last.ckpt
+
+Writes to output_dir: config.yaml (the resolved settings), log.csv (one row per
+epoch), last.ckpt (weights + optimizer state + epoch, every epoch, atomically)
+and best.ckpt (weights of the best validation top-1).
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+import zlib
+
+import mindspore as ms
+import mindspore.dataset as ds
+import numpy as np
+from mindspore import nn, ops
+
+from src.checkpoint import load_weights, read_checkpoint, save_atomic
+from src.config import add_arguments, load_config, save_config
+from src.context import UserError, run_cli, setup_device
+from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
+from src.evaluation import evaluate, format_duration
+from src.optim import create_optimizer, lr_schedule
+from src.wavemlp_20_3 import MODELS, create_model
+
+LOG_FIELDS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "epoch_seconds", "train_img_per_s"]
+STATE_PREFIX = "train_state."
+EXIT_DIVERGED = 3
+
+
+class TrainLoss(nn.Cell):
+    """Label-smoothed cross-entropy, optionally mixed with distillation from a frozen float teacher."""
+
+    def __init__(self, net, label_smoothing, teacher=None, alpha=1.0, temperature=1.0):
+        super().__init__()
+        self.net, self.teacher = net, teacher
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.alpha, self.temperature = alpha, temperature
+
+    def construct(self, images, labels):
+        logits = self.net(images)
+        loss = self.ce(logits, labels)
+        if self.teacher is None:
+            return loss
+        target = ops.softmax(ops.stop_gradient(self.teacher(images)) / self.temperature, axis=1)
+        log_student = ops.log_softmax(logits / self.temperature, axis=1)
+        kl = (target * (ops.log(target + 1e-12) - log_student)).sum(axis=1).mean()
+        return (1.0 - self.alpha) * loss + self.alpha * kl * self.temperature ** 2
+
+
+class TrainingDiverged(Exception):
+    pass
+
+
+def parse_config(argv=None):
+    parser = argparse.ArgumentParser(description="Train BiMLP. Settings come from --config (YAML) and can "
+                                     "be overridden by the flags below; see src/config.py for defaults.")
+    parser.add_argument("--config", help="YAML file of settings (configs/*.yaml)")
+    add_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    config = load_config(args.pop("config"), args)
+    if config["model"] not in MODELS:
+        raise UserError(f"unknown model {config['model']!r}; available: {', '.join(sorted(MODELS))}")
+    if config["dataset"] != "fashion_mnist" and not config["dataset_path"]:
+        raise UserError(f"--dataset_path is required for {config['dataset']}: a folder with train/ and val/")
+    config["image_size"] = config["image_size"] or DEFAULT_IMAGE_SIZE[config["dataset"]]
+    return config
+
+
+def split_path(config, split):
+    """fashion_mnist reads both splits from one folder; image folders have train/ and val/ inside."""
+    if config["dataset"] == "fashion_mnist":
+        return config["dataset_path"]
+    return os.path.join(config["dataset_path"], split)
+
+
+def init_distributed(config):
+    """(rank, world size); under msrun every worker joins the data-parallel group."""
+    if not config["distribute"]:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    world = get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=world)
+    return get_rank(), world
+
+
+def train_data(config, epoch, rank, world):
+    """The epoch's shuffled batches; seeding by epoch makes a resumed run see what an unbroken one would."""
+    ds.config.set_seed(config["seed"] * 1000 + epoch)
+    dataset = create_dataset(config["dataset"], split_path(config, "train"), "train", config["batch_size"],
+                             config["image_size"], num_shards=world if world > 1 else None,
+                             shard_id=rank if world > 1 else None, num_workers=config["num_workers"])
+    if config["steps_per_epoch"]:
+        dataset = dataset.take(int(config["steps_per_epoch"]))
+    return dataset
+
+
+def build_teacher(config, num_classes):
+    if not config["teacher_checkpoint"]:
+        return None
+    teacher = create_model(config["model"], num_classes=num_classes, binary=False)
+    load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)")
+    for param in teacher.get_parameters():
+        param.requires_grad = False
+    return teacher
+
+
+def state_parameters(net, optimizer):
+    """Weights, optimizer moments and the step counter: everything resume needs.
+
+    The learning-rate table is not saved: it is recomputed from the settings, so a
+    resumed run may change --lr or extend --epochs and continue at the saved step.
+    """
+    params = {p.name: p for p in net.get_parameters()}
+    for p in optimizer.get_parameters():
+        if p.name != "learning_rate":
+            params.setdefault(p.name, p)
+    return params
+
+
+def save_state(path, params, epoch, best_top1):
+    entries = [{"name": name, "data": p} for name, p in params.items()]
+    save_atomic(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
+                                            f"{STATE_PREFIX}best_top1": float(best_top1)})
+
+
+def restore_state(path, params):
+    """Load weights and optimizer state; returns (epochs done, best top-1)."""
+    saved = read_checkpoint(path)
+    missing = sorted(set(params) - set(saved))
+    if missing or f"{STATE_PREFIX}epoch" not in saved:
+        raise UserError(f"{path} is not a train.py checkpoint of this configuration "
+                        f"(missing: {', '.join(missing[:5]) or 'training state'}); "
+                        f"resume needs output_dir/last.ckpt of the same model and settings")
+    for name, param in params.items():
+        if tuple(saved[name].shape) != tuple(param.shape):
+            raise UserError(f"{path}: {name} has shape {tuple(saved[name].shape)}, "
+                            f"this configuration needs {tuple(param.shape)}")
+        param.set_data(saved[name])
+    return int(saved[f"{STATE_PREFIX}epoch"].asnumpy()), float(saved[f"{STATE_PREFIX}best_top1"].asnumpy())
+
+
+def resume_path(config):
+    if config["resume"] in (None, ""):
+        return None
+    path = os.path.join(config["output_dir"], "last.ckpt") if config["resume"] == "last" else config["resume"]
+    if not os.path.isfile(path):
+        raise UserError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+def trim_log(path, epochs_done):
+    """Drop log rows of epochs after the checkpoint (written before an interruption)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs_done]
+    write_log(path, rows)
+
+
+def write_log(path, rows):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def append_log(path, row):
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    write_log(path, rows + [row])
+
+
+def parameter_digest(net):
+    """A CRC of all weights: equal on every rank when data-parallel training keeps them in sync."""
+    crc = 0
+    for p in net.get_parameters():
+        crc = zlib.crc32(p.asnumpy().tobytes(), crc)
+    return f"{crc:08x}"
+
+
+def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start):
+    """One pass over the data; returns (mean loss, images/s, seconds, CRC of the images).
+    Stops on a non-finite loss."""
+    steps = dataset.get_dataset_size()
+    losses, images, digest = [], 0, 0
+    start = timed_start = time.time()
+    for step, (x, y) in enumerate(dataset.create_tuple_iterator(num_epochs=1), start=1):
+        digest = zlib.crc32(x.asnumpy().tobytes(), digest)
+        loss = float(step_cell(x, y).asnumpy())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} at epoch {epoch} step {step}")
+        losses.append(loss)
+        if step == 1:
+            timed_start = time.time()  # the first step includes graph compilation
+        else:
+            images += x.shape[0]
+        if rank == 0 and (step % config["log_every"] == 0 or step == steps):
+            rate = images / max(time.time() - timed_start, 1e-9) if images else 0.0
+            global_step = (epoch - 1) * steps + step
+            left = (config["epochs"] * steps - global_step) * x.shape[0] / rate if rate else 0
+            print(f"epoch {epoch}/{config['epochs']} step {step}/{steps} loss {np.mean(losses[-config['log_every']:]):.4f} "
+                  f"lr {schedule[min(global_step, len(schedule)) - 1]:.2e} {rate:.1f} img/s "
+                  f"elapsed {format_duration(time.time() - run_start)} ETA {format_duration(left)}", flush=True)
+    if not losses:
+        raise UserError("the training set gave no batch: fewer images than --batch_size?")
+    rate = images / max(time.time() - timed_start, 1e-9) if images else 0.0
+    return float(np.mean(losses)), rate, time.time() - start, digest
+
+
+def main(argv=None):
+    config = parse_config(argv)
+    setup_device(config["platform"], config["device_id"], config["mode"])
+    rank, world = init_distributed(config)
+    ms.set_seed(config["seed"])
+    num_classes = config["num_classes"] or num_classes_of(config["dataset"], split_path(config, "val"))
+    config["num_classes"] = num_classes
+    out = config["output_dir"]
+    resume = resume_path(config)
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
+        save_config(config, os.path.join(out, "config.yaml"))
+
+    net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
+                       binary=config["binary"])
+    steps_per_epoch = train_data(config, 1, rank, world).get_dataset_size()
+    schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
+                           config["epochs"], steps_per_epoch)
+    optimizer = create_optimizer(net, config, schedule)
+    teacher = build_teacher(config, num_classes)
+    loss_cell = TrainLoss(net, config["label_smoothing"], teacher, config["distill_alpha"],
+                          config["distill_temperature"])
+    step_cell = nn.TrainOneStepCell(loss_cell, optimizer)
+    data_digest = 0  # CRC of every training image this rank read: shards must differ
+    params = state_parameters(net, optimizer)
+
+    epochs_done, best = 0, -1.0
+    if resume:
+        epochs_done, best = restore_state(resume, params)
+        print(f"resumed from {resume}: {epochs_done} epochs done, best val top-1 {best:.4f}", flush=True)
+        if rank == 0:
+            trim_log(os.path.join(out, "log.csv"), epochs_done)
+    val_images = count_images(config["dataset"], split_path(config, "val"), "val")
+    if rank == 0:
+        print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
+              f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
+              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}",
+              flush=True)
+    run_start = time.time()
+    last_path = os.path.join(out, "last.ckpt")
+    for epoch in range(epochs_done + 1, config["epochs"] + 1):
+        step_cell.set_train(True)
+        if teacher is not None:
+            teacher.set_train(False)
+        try:
+            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world), epoch, config,
+                                              schedule, rank, run_start)
+        except TrainingDiverged as err:
+            kept = last_path if os.path.isfile(last_path) else "none yet"
+            raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "
+                            f"Try a lower --lr or a longer --warmup_epochs.") from None
+        data_digest = zlib.crc32(digest.to_bytes(4, "little"), data_digest)
+        if rank != 0:
+            continue
+        net.set_train(False)
+        val = evaluate(net, create_dataset(config["dataset"], split_path(config, "val"), "val",
+                                           config["batch_size"], config["image_size"]),
+                       split_path(config, "val"), val_images, num_classes, pad_batches=config["mode"] == "graph")
+        lr_now = float(schedule[epoch * steps_per_epoch - 1])
+        append_log(os.path.join(out, "log.csv"), {
+            "epoch": epoch, "train_loss": f"{loss:.5f}", "val_top1": f"{val['acc']:.5f}",
+            "val_top5": f"{val['top5']:.5f}", "lr": f"{lr_now:.3e}", "epoch_seconds": f"{seconds:.1f}",
+            "train_img_per_s": f"{rate:.1f}"})
+        best_now = val["acc"] > best
+        best = max(best, val["acc"])
+        save_state(last_path, params, epoch, best)
+        if best_now:
+            save_atomic(net, os.path.join(out, "best.ckpt"))
+        print(f"epoch {epoch}/{config['epochs']} done in {format_duration(seconds)}: train loss {loss:.4f}, "
+              f"val top-1 {val['acc']:.4f} top-5 {val['top5']:.4f}{' (best)' if best_now else ''}", flush=True)
+    if world > 1:
+        print(f"rank {rank}/{world}: data digest {data_digest:08x}, "
+              f"parameter digest {parameter_digest(net)}", flush=True)
+    if rank == 0:
+        print(f"finished: best val top-1 {best:.4f}; checkpoints in {out}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
