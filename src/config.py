@@ -26,7 +26,7 @@ DEFAULTS = {
     "epochs": 100,
     "lr": 1.0e-3,                 # peak learning rate for batch_size * devices images per step
     "min_lr": 1.0e-6,
-    "warmup_epochs": 5,
+    "warmup_epochs": 5.0,
     "weight_decay": 0.05,
     "beta1": 0.9,
     "beta2": 0.999,

@@ -40,7 +40,13 @@ def setup_device(platform, device_id=0, mode="graph"):
     if mode not in ("graph", "pynative"):
         raise UserError(f"mode must be graph or pynative, got {mode!r}")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(platform, int(device_id))
+    try:
+        ms.set_device(platform, int(device_id))
+    except RuntimeError as err:
+        # The device is fixed once MindSpore's runtime has started in this process.
+        if ms.get_context("device_target") != platform:
+            raise UserError(f"cannot switch to {platform}: this process already runs on "
+                            f"{ms.get_context('device_target')} ({err})") from None
 
 
 def default_device_id():
