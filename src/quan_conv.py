@@ -78,6 +78,15 @@ class Identity(nn.Cell):
         return x
 
 
+class FloatWeight(nn.Cell):
+    """The latent weight itself, as a computed tensor rather than the Parameter: a
+    Parameter passed straight into a Cell with a custom bprop (the grouped convs)
+    fails to compile its gradient in MindSpore 2.10. Multiplying by 1.0 is exact."""
+
+    def construct(self, w):
+        return w * 1.0
+
+
 class _WeightSTE(nn.Cell):
     """Base for weight quantizers: the gradient passes straight to the latent W."""
 
@@ -139,7 +148,7 @@ def weight_quantizer(name, nbit, fast=True):
     if name == "dorefa":
         return DorefaWeight(nbit)
     if name == "fp":
-        return Identity()
+        return FloatWeight()
     raise ValueError(f"unknown weight quantizer {name!r}; choose from {sorted(WEIGHT_SCHEMES)}")
 
 
