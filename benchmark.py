@@ -1,0 +1,299 @@
+"""Side-by-side CPU benchmark of BiMLP: eval throughput and memory, train steps, data pipeline.
+
+Every configuration runs in a fresh subprocess, so its peak RSS is its own
+(it includes graph compilation). All configurations of one run share the
+machine's conditions; compare within a run, and look at the load in the header.
+
+    python benchmark.py                       # everything (~1 hour on 2 cores)
+    python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T training, data (~10 min)
+    python benchmark.py --only eval --models BiMLP_S --batches 1,8 --paths fast,upstream
+    python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
+
+Paths: "upstream" is the straightforward computation (fast=False: broadcasting
+Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the default
+network (fast=True), "float" the float twin (binary=False, fast=True). All three
+binary/float paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
+environment sets it (see src/context.py).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RESULT_TAG = "BENCH_RESULT "
+PATHS = {
+    "upstream": {"binary": True, "fast": False},
+    "fast": {"binary": True, "fast": True},
+    "float": {"binary": False, "fast": True},
+}
+# Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
+# Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
+# (~80 GB), before they exhaust the machine's memory.
+BASE_GB = 2.0
+GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
+                ("BiMLP_S", "fast"): 0.2, ("BiMLP_M", "fast"): 0.26}
+EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="eval,train,data",
+                        help="comma-separated parts to run: eval, train, data (default: all)")
+    parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
+    parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
+    parser.add_argument("--paths", default="upstream,fast,float", help="eval paths (default: upstream,fast,float)")
+    parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S train batch at 224 (default: 8)")
+    parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
+    parser.add_argument("--min_seconds", type=float, default=20.0,
+                        help="time each config for at least this long after warm-up (default: 20)")
+    parser.add_argument("--max_gb", type=float, default=16.0,
+                        help="skip upstream-style runs estimated to need more memory (default: 16); any run "
+                             "is skipped if its estimate exceeds the memory available when it starts")
+    parser.add_argument("--quick", action="store_true", help="a small subset, one timed step each")
+    parser.add_argument("--json", default=os.path.join(ROOT, "fig", "benchmark.json"),
+                        help="where to write the results (default: fig/benchmark.json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
+    return args
+
+
+def configs(args):
+    parts = args.only.split(",")
+    out = []
+    if "eval" in parts:
+        for model in args.models.split(","):
+            for batch in [int(b) for b in args.batches.split(",")]:
+                for path in args.paths.split(","):
+                    out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
+    if "train" in parts:
+        for path in ("upstream", "fast", "float"):
+            out.append({"kind": "train", "model": "BiMLP_T", "batch": 128, "size": 28, "path": path})
+        if not args.quick:
+            for path in ("upstream", "fast", "float"):
+                out.append({"kind": "train", "model": "BiMLP_S", "batch": args.train_batch_224, "size": 224,
+                            "path": path})
+    if "data" in parts:
+        out.append({"kind": "data", "images": args.data_images, "batch": EVAL_BATCH_DEFAULT, "size": 224})
+    for cfg in out:
+        cfg["min_seconds"] = args.min_seconds
+    return out
+
+
+def available_gb():
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) / 1e6
+
+
+def too_big(cfg, max_gb):
+    if cfg["kind"] == "data":
+        return None
+    path = "upstream" if cfg["path"] == "upstream" else "fast"
+    if cfg["kind"] == "train":  # backward keeps every activation, whichever path
+        path = "upstream"
+    slope = GB_PER_IMAGE.get((cfg["model"], path), 0.0)
+    need = BASE_GB + slope * cfg["batch"]
+    if path == "upstream" and need > max_gb:
+        return f"skipped: needs ~{need:.0f} GB"
+    if os.path.exists("/proc/meminfo") and need > available_gb() - 1.0:
+        return f"skipped: needs ~{need:.0f} GB, {available_gb():.0f} GB available"
+    return None
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def timed(step, min_seconds):
+    """Seconds per call of step(): one warm-up call (compilation), then >= 1 call and >= min_seconds."""
+    start = time.perf_counter()
+    step()
+    compile_s = time.perf_counter() - start
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < min_seconds:
+        step()
+        calls += 1
+    return (time.perf_counter() - start) / calls, compile_s, calls
+
+
+def build(cfg):
+    from src.wavemlp_20_3 import create_model
+
+    return create_model(cfg["model"], **PATHS[cfg["path"]])
+
+
+def run_eval(cfg):
+    import mindspore as ms
+    import numpy as np
+
+    net = build(cfg)
+    net.set_train(False)
+    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]))
+                  .astype(np.float32))
+    step_s, compile_s, calls = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+
+
+def run_train(cfg):
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn
+
+    net = build(cfg)
+    channels = 1 if cfg["model"] == "BiMLP_T" else 3
+    classes = net.num_classes
+    loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-3, weight_decay=0.05)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
+    step.set_train(True)
+    rng = np.random.RandomState(0)
+    x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"])).astype(np.float32))
+    y = ms.Tensor(rng.randint(0, classes, cfg["batch"]).astype(np.int32))
+    step_s, compile_s, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+
+
+def write_jpegs(folder, count):
+    """ImageNet-like JPEGs (500x375 or 375x500, smooth noise) in two class folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        w, h = (500, 375) if i % 2 else (375, 500)
+        small = rng.randint(0, 256, (h // 8, w // 8, 3)).astype(np.uint8)
+        image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+        os.makedirs(os.path.join(folder, f"class{i % 2}"), exist_ok=True)
+        image.save(os.path.join(folder, f"class{i % 2}", f"{i:05d}.JPEG"), quality=90)
+
+
+def run_data(cfg):
+    from src.dataset import create_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_jpegs(folder, cfg["images"])
+        dataset = create_dataset("imagefolder", folder, "val", cfg["batch"], cfg["size"])
+        start = time.perf_counter()
+        seen = sum(batch[0].shape[0] for batch in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1))
+        seconds = time.perf_counter() - start
+    return {"step_s": seconds * cfg["batch"] / seen, "compile_s": 0.0, "calls": 1, "images_seen": seen}
+
+
+def worker(cfg):
+    sys.path.insert(0, ROOT)
+    from src.context import setup_device
+
+    setup_device("CPU", 0, "graph")
+    result = {"eval": run_eval, "train": run_train, "data": run_data}[cfg["kind"]](cfg)
+    result["img_s"] = cfg["batch"] / result["step_s"]
+    result["peak_rss_gb"] = peak_rss_gb()
+    result["load_end"] = os.getloadavg()[0]
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_worker(cfg):
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[WARNING")]
+    reasons = [line for line in lines if "Error" in line or "error" in line] or lines or ["no output"]
+    return {"error": f"failed (exit {proc.returncode}): {reasons[-1].strip()[:200]}"}
+
+
+def run_config(cfg, max_gb):
+    """One config in a fresh process; one retry, because MindSpore parses the model's source
+    files when it compiles and fails if they are edited meanwhile (a shared checkout)."""
+    skip = too_big(cfg, max_gb)
+    if skip:
+        return {"error": skip}
+    result = run_worker(cfg)
+    return run_worker(cfg) if "error" in result else result
+
+
+def machine():
+    cpu = "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    import mindspore as ms
+
+    return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version(), "mindspore": ms.__version__,
+            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "AVX2 (set by src/context.py)"),
+            "load_start": os.getloadavg()[0]}
+
+
+def speedup(row, rows):
+    """This row's img/s over the upstream path's for the same model, batch and kind."""
+    for other in rows:
+        if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
+                (row["kind"], row.get("model"), row["batch"], "upstream") and "img_s" in other:
+            return row["img_s"] / other["img_s"]
+    return None
+
+
+def fmt(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(meta, rows):
+    lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
+             f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
+             f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
+    for kind, title in (("eval", "Eval forward, random 224x224 inputs"),
+                        ("train", "Train step (forward + backward + AdamWeightDecay)")):
+        chosen = [r for r in rows if r["kind"] == kind]
+        if not chosen:
+            continue
+        lines += [f"**{title}**", "",
+                  "| model | input | batch | path | img/s | x upstream | peak RSS GB | GB/img | compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in chosen:
+            ok = "img_s" in r
+            lines.append(
+                f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {r['peak_rss_gb']:.2f} | "
+                   f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
+                   else f"{r['error']} | | | | | |"))
+        lines.append("")
+    for r in rows:
+        if r["kind"] == "data":
+            lines.append(f"**Data pipeline** (src/dataset.py, decode + resize 256 + crop 224 + normalize, "
+                         f"{r['images']} JPEGs of 500x375, batch {r['batch']}): "
+                         + (f"{r['img_s']:.0f} img/s, peak RSS {r['peak_rss_gb']:.2f} GB."
+                            if "img_s" in r else r["error"]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    meta = machine()
+    rows = []
+    for cfg in configs(args):
+        print(f"running {cfg}", file=sys.stderr, flush=True)
+        rows.append({**cfg, **run_config(cfg, args.max_gb)})
+        print(f"  -> {rows[-1]}", file=sys.stderr, flush=True)
+    meta["load_end"] = os.getloadavg()[0]
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "results": rows}, f, indent=1)
+    print(markdown(meta, rows))
+    print(f"\nresults written to {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Draw benchmark.py's JSON results: eval img/s and memory per image, and train img/s.
+
+    python scripts/plot_benchmark.py [--json fig/benchmark.json] [--out fig/benchmark.png]
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLORS = {"upstream": "#bbbbbb", "fast": "#1f77b4", "float": "#ff7f0e"}
+LABELS = {"upstream": "upstream-style (fast=False)", "fast": "optimized (default)", "float": "float twin"}
+
+
+def grouped_bars(ax, rows, value, ylabel, title):
+    """One group of bars per (model, batch), one bar per path; failed/skipped runs leave a gap."""
+    groups = []
+    for r in rows:
+        key = (r["model"], r["size"], r["batch"])
+        if key not in groups:
+            groups.append(key)
+    paths = [p for p in COLORS if any(r["path"] == p for r in rows)]
+    width = 0.8 / max(len(paths), 1)
+    for j, path in enumerate(paths):
+        xs, ys = [], []
+        for i, key in enumerate(groups):
+            match = [r for r in rows if (r["model"], r["size"], r["batch"]) == key and r["path"] == path]
+            if match and "img_s" in match[0]:
+                xs.append(i + (j - (len(paths) - 1) / 2) * width)
+                ys.append(value(match[0]))
+        if not xs:
+            continue
+        bars = ax.bar(xs, ys, width, color=COLORS[path], label=LABELS[path])
+        ax.bar_label(bars, fmt="%.2g", fontsize=7)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{m}\n{s}px, batch {b}" for m, s, b in groups], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=os.path.join(ROOT, "fig", "benchmark.json"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "fig", "benchmark.png"))
+    args = parser.parse_args()
+    with open(args.json) as f:
+        data = json.load(f)
+    meta, rows = data["meta"], data["results"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    trains = [r for r in rows if r["kind"] == "train"]
+    panels = [p for p in ("eval", "memory", "train") if (trains if p == "train" else evals)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        if panel == "eval":
+            grouped_bars(ax, evals, lambda r: r["img_s"], "images / s", "Eval forward throughput (higher is better)")
+        elif panel == "memory":
+            grouped_bars(ax, evals, lambda r: r["peak_rss_gb"] / r["batch"], "peak RSS GB / image",
+                         "Eval peak memory per image, incl. compilation (lower is better)")
+        else:
+            grouped_bars(ax, trains, lambda r: r["img_s"], "images / s",
+                         "Train step: forward + backward + AdamWeightDecay (higher is better)")
+    fig.suptitle(f"BiMLP on CPU, MindSpore {meta['mindspore']}, {meta['cores']} cores ({meta['cpu']}), "
+                 f"GRAPH mode, {meta['date']}, load {meta['load_start']:.1f}-{meta['load_end']:.1f}", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
