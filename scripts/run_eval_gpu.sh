@@ -1,32 +1,5 @@
 #!/bin/bash
 # Evaluate a BiMLP checkpoint on ImageNet val with eval.py on GPU; the output is also logged.
 #   bash scripts/run_eval_gpu.sh DATASET_PATH CHECKPOINT_PATH [BiMLP_S|BiMLP_M] [extra eval.py flags...]
-# Environment: DEVICE_ID (default 0), EVAL_LOG (default: eval_gpu.log in the repo root),
-# PYTHON (default: the repo's .venv/bin/python if present, else python).
-set -euo pipefail
-
-if [ $# -lt 2 ]; then
-    echo "usage: bash $0 DATASET_PATH CHECKPOINT_PATH [BiMLP_S|BiMLP_M] [extra eval.py flags...]" >&2
-    echo "  DATASET_PATH: the ImageNet val folder with the 1000 class folders" >&2
-    exit 1
-fi
-# Resolve the paths before changing to the repo root, so relative paths keep working.
-DATASET_PATH=$(realpath -m "$1")
-CHECKPOINT_PATH=$(realpath -m "$2")
-shift 2
-MODEL=BiMLP_S
-if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
-    MODEL=$1
-    shift
-fi
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-EVAL_LOG=$(realpath -m "${EVAL_LOG:-$ROOT/eval_gpu.log}")
-
-cd "$ROOT"
-export DEVICE_ID=${DEVICE_ID:-0}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
-fi
-"$PYTHON" eval.py --platform GPU --dataset_path "$DATASET_PATH" \
-    --checkpoint_path "$CHECKPOINT_PATH" --checkpoint_nm "$MODEL" "$@" 2>&1 | tee "$EVAL_LOG"
+# Environment: DEVICE_ID (default 0), EVAL_LOG (default: eval_gpu.log in the repo root), PYTHON.
+exec bash "$(dirname "$0")/eval_launcher.sh" GPU "$@"

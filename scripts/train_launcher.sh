@@ -24,8 +24,13 @@ fi
 workers=$3; config=$4; shift 4
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] || { echo "error: WORKERS must be a positive number, got '$workers'" >&2; exit 2; }
 [ -f "$config" ] || { echo "error: config not found: $config" >&2; exit 2; }
-msrun="$(dirname "$PYTHON")/msrun"
-[ -x "$msrun" ] || msrun=msrun
+msrun=msrun
+if [[ "$PYTHON" == */* ]]; then
+    # msrun starts each worker with the `python` found on PATH: make it this environment's.
+    bin=$(cd "$(dirname "$PYTHON")" && pwd)
+    export PATH="$bin:$PATH"
+    [ -x "$bin/msrun" ] && msrun="$bin/msrun"
+fi
 exec "$msrun" --worker_num="$workers" --local_worker_num="$workers" --master_port="${MASTER_PORT:-8118}" \
     --log_dir="${LOG_DIR:-output/msrun_log}" --join=True \
     train.py --config "$config" --platform "$platform" --distribute true "$@"

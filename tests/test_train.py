@@ -58,7 +58,7 @@ def run(args, timeout=900):
 
 
 def checkpoint_arrays(path):
-    return {name: p.asnumpy() for name, p in ms.load_checkpoint(path).items()}
+    return {name: p.asnumpy() for name, p in ms.load_checkpoint(str(path)).items()}
 
 
 def digest(path):
