@@ -38,7 +38,7 @@ PATHS = {
 # (~80 GB), before they exhaust the machine's memory.
 BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
-                ("BiMLP_S", "fast"): 0.2, ("BiMLP_M", "fast"): 0.26}
+                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
 
 
