@@ -38,7 +38,8 @@ class TrainLoss(nn.Cell):
     """Label-smoothed cross-entropy, optionally mixed with distillation from a frozen float teacher."""
 
     def __init__(self, net, label_smoothing, teacher=None, alpha=1.0, temperature=1.0):
-        super().__init__()
+        # No prefix: the network's parameters keep their checkpoint names ("head.weight", not "net.head.weight").
+        super().__init__(auto_prefix=False)
         self.net, self.teacher = net, teacher
         self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.alpha, self.temperature = alpha, temperature
@@ -109,6 +110,7 @@ def build_teacher(config, num_classes):
         return None
     teacher = create_model(config["model"], num_classes=num_classes, binary=False)
     load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)")
+    teacher.update_parameters_name("teacher.")  # distinct from the student's names in one graph
     for param in teacher.get_parameters():
         param.requires_grad = False
     return teacher
@@ -185,9 +187,10 @@ def append_log(path, row):
 
 
 def parameter_digest(net):
-    """A CRC of all weights: equal on every rank when data-parallel training keeps them in sync."""
+    """A CRC of the trained weights: equal on every rank when gradient averaging keeps them in sync.
+    (BatchNorm moving statistics are per rank, as in any data-parallel run without SyncBN.)"""
     crc = 0
-    for p in net.get_parameters():
+    for p in net.trainable_params():
         crc = zlib.crc32(p.asnumpy().tobytes(), crc)
     return f"{crc:08x}"
 

@@ -194,3 +194,18 @@ def test_msrun_two_cpu_workers_read_different_shards_and_stay_in_sync(small_fash
     assert found[0][0] != found[1][0], "both ranks read the same images"
     assert found[0][1] == found[1][1], "parameters differ between ranks after training"
     assert os.path.isfile(tmp_path / "out" / "last.ckpt")
+
+
+def test_distillation_from_a_float_teacher_trains(small_fashion, tmp_path):
+    teacher = create_model("BiMLP_T", binary=False)
+    ms.save_checkpoint(teacher, str(tmp_path / "teacher.ckpt"))
+    result = run(train_args(small_fashion, tmp_path / "kd", "--epochs", "1", "--steps_per_epoch", "3",
+                            "--teacher_checkpoint", str(tmp_path / "teacher.ckpt"), "--distill_alpha", "0.5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = set(ms.load_checkpoint(str(tmp_path / "kd" / "best.ckpt")))
+    assert "head.weight" in names and not any(name.startswith(("teacher.", "net.")) for name in names)
+
+
+def test_a_missing_teacher_checkpoint_is_a_clear_error(small_fashion, tmp_path):
+    result = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "missing.ckpt")))
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
