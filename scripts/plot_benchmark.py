@@ -65,7 +65,8 @@ def main():
             grouped_bars(ax, trains, lambda r: r["img_s"], "images / s",
                          "Train step: forward + backward + AdamWeightDecay (higher is better)")
     fig.suptitle(f"BiMLP on CPU, MindSpore {meta['mindspore']}, {meta['cores']} cores ({meta['cpu']}), "
-                 f"GRAPH mode, {meta['date']}, load {meta['load_start']:.1f}-{meta['load_end']:.1f}", fontsize=10)
+                 f"GRAPH mode, {meta['date']}, load {meta['load_start']:.1f}-{meta['load_end']:.1f}"
+                 + (f"\n{meta['note']}" if meta.get("note") else ""), fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=110)
