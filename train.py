@@ -21,7 +21,7 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.checkpoint import load_weights, read_checkpoint, save_atomic
+from src.checkpoint import STATE_PREFIX, load_weights, read_checkpoint, save_atomic
 from src.config import add_arguments, load_config, save_config
 from src.context import UserError, run_cli, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
@@ -30,7 +30,6 @@ from src.optim import create_optimizer, lr_schedule
 from src.wavemlp_20_3 import MODELS, create_model
 
 LOG_FIELDS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "epoch_seconds", "train_img_per_s"]
-STATE_PREFIX = "train_state."
 EXIT_DIVERGED = 3
 
 

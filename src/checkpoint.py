@@ -62,10 +62,13 @@ def guess_variant(weights, exclude=None):
     return None
 
 
+# train.py stores its epoch counter and best accuracy under this prefix, beside the weights.
+STATE_PREFIX = "train_state."
+
 
 def _is_training_state(name):
     """Optimizer moments and counters that train.py stores beside the weights."""
-    return name.startswith(("adam_", "moment", "global_step", "learning_rate", "train_state.")) \
+    return name.startswith(("adam_", "moment", "global_step", "learning_rate", STATE_PREFIX)) \
         or name in ("beta1_power", "beta2_power", "epoch_num", "step_num", "current_iterator_step",
                     "last_overflow_iterator_step", "loss_scale")
 
