@@ -1,14 +1,33 @@
-"""Grouped 1xK / Kx1 convolution whose weight gradient is fast on CPU.
+"""Grouped 1xK / Kx1 convolution, fast on MindSpore's CPU kernels in training and on small maps.
 
-MindSpore 2.10's CPU Conv2DBackpropFilter is ~100x slower than the forward
-convolution for the depthwise-style layers of BiMLP (group = out channels),
-which made a training step take seconds. The forward and the input gradient use
-MindSpore's own kernels; the weight gradient is written as K products of shifted
-slices, each reduced to one value per channel by BiasAddGrad (a general
-ReduceSum over the batch and spatial axes is several times slower there).
+Two things make the plain grouped Conv2D slow on MindSpore 2.10's CPU backend:
+- its weight gradient (Conv2DBackpropFilter) is ~100x slower than the forward for
+  these depthwise-style layers; here it is one batched matrix product per layer
+  (see `line_filter_grad`);
+- on a map shorter than the kernel (BiMLP_T's 2x2 and 1x1 stages) the convolution
+  pads more than half a kernel and runs 5-10x slower. Taps that can only ever read
+  padding add nothing, so such a map is convolved with the taps that can reach it.
+  ImageNet-sized maps (7x7 or more at 224) always use the whole kernel.
 """
-from mindspore import nn, ops
-from mindspore.ops.operations._grad_ops import BiasAddGrad
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+
+def reachable_taps(taps, before, length):
+    """The taps [lo, hi) of a K-tap line kernel, padded `before`, that read a position of a length-L line."""
+    lo, hi = before - length + 1, before + length
+    return (lo if lo > 0 else 0), (hi if hi < taps else taps)
+
+
+def diagonal_index(taps, before, length):
+    """Where dw[:, j] collects its terms in a flattened (L, L) correlation matrix plus one zero at the end.
+
+    Entry (j, p) points at (p + j - before, p), or at the zero if that row is padding.
+    """
+    j, p = np.meshgrid(np.arange(taps), np.arange(length), indexing="ij")
+    q = p + j - before
+    flat = np.where((q >= 0) & (q < length), q * length + p, length * length)
+    return Tensor(flat.astype(np.int32))
 
 
 class GroupedLineConv(nn.Cell):
@@ -19,38 +38,64 @@ class GroupedLineConv(nn.Cell):
         kh, kw = kernel_size
         if group != out_channels or 1 not in (kh, kw):
             raise ValueError("GroupedLineConv needs out_channels == group and a 1xK or Kx1 kernel")
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.per_group = in_channels // group
         self.taps = max(kh, kw)
         self.along_width = kh == 1
-        top, _, left, _ = padding
-        self.before = left if self.along_width else top
-        self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=kernel_size, mode=1,
-                               pad_mode="pad", pad=padding, group=group)
-        self.input_grad = ops.Conv2DBackpropInput(out_channel=in_channels, kernel_size=kernel_size,
-                                                  pad_mode="pad", pad=padding, group=group)
-        self.channel_sum = BiasAddGrad()
+        top, bottom, left, right = padding
+        self.before, self.after = (left, right) if self.along_width else (top, bottom)
+        if self.before + self.after != self.taps - 1:
+            raise ValueError("GroupedLineConv keeps the line length: padding must add up to K - 1")
 
     def construct(self, x, w):
-        return self.conv(x, w)
+        conv, _, lo, hi = self.kernels(self.length(x))
+        return conv(x, self.crop(w, lo, hi))
 
     def bprop(self, x, w, out, dout):
-        dx = self.input_grad(dout, w, x.shape)
+        _, input_grad, lo, hi = self.kernels(self.length(x))
+        dx = input_grad(dout, self.crop(w, lo, hi), x.shape)
         b, c_in, h, wd = x.shape
         if self.per_group > 1:
             # input channel g * per_group + i meets output channel g
             dout = ops.broadcast_to(dout.reshape(b, -1, 1, h, wd), (b, c_in // self.per_group, self.per_group, h, wd))
             dout = dout.reshape(b, c_in, h, wd)
-        length = wd if self.along_width else h
-        taps = []
-        for j in range(self.taps):
-            shift = j - self.before  # output position p reads input position p + shift
-            lo, hi = max(0, -shift), min(length, length - shift)
-            if hi <= lo:  # the tap only ever reads padding
-                taps.append(ops.zeros((c_in,), x.dtype))
-            else:
-                taps.append(self.channel_sum(self._span(x, lo + shift, hi + shift) * self._span(dout, lo, hi)))
-        dw = ops.stack(taps, axis=-1).reshape(w.shape)
-        return dx, dw
+        return dx, self.line_filter_grad(x, dout).reshape(w.shape)
 
-    def _span(self, t, start, stop):
-        return t[:, :, :, start:stop] if self.along_width else t[:, :, start:stop, :]
+    def length(self, x):
+        return x.shape[3] if self.along_width else x.shape[2]
+
+    def kernels(self, length):
+        """Forward and input-gradient primitives for the taps that reach a line of this length."""
+        lo, hi = reachable_taps(self.taps, self.before, length)
+        before, after = self.before - lo, self.after - (self.taps - hi)
+        size, pad = ((1, hi - lo), (0, 0, before, after)) if self.along_width else ((hi - lo, 1), (before, after, 0, 0))
+        conv = ops.Conv2D(out_channel=self.out_channels, kernel_size=size, mode=1,
+                          pad_mode="pad", pad=pad, group=self.out_channels)
+        input_grad = ops.Conv2DBackpropInput(out_channel=self.in_channels, kernel_size=size,
+                                             pad_mode="pad", pad=pad, group=self.out_channels)
+        return conv, input_grad, lo, hi
+
+    def crop(self, w, lo, hi):
+        if hi - lo == self.taps:
+            return w
+        return w[:, :, :, lo:hi] if self.along_width else w[:, :, lo:hi, :]
+
+    def line_filter_grad(self, x, dout):
+        """dw[c, j] = sum over batch and lines of sum_p x[c, p + j - before] * dout[c, p] (x is 0 outside).
+
+        Per channel, M = x^T @ dout over all (batch, other-axis) rows is an (L, L)
+        matrix whose diagonals hold those sums: one BatchMatMul and one gather,
+        where K pairs of shifted slices would run MindSpore's slow CPU StridedSlice.
+        """
+        b, c, h, wd = x.shape
+        if self.along_width:
+            length = wd
+            rows = x.transpose(1, 3, 0, 2).reshape(c, length, b * h)
+            cols = dout.transpose(1, 0, 2, 3).reshape(c, b * h, length)
+        else:
+            length = h
+            rows = x.transpose(1, 2, 0, 3).reshape(c, length, b * wd)
+            cols = dout.transpose(1, 0, 3, 2).reshape(c, b * wd, length)
+        m = ops.bmm(rows, cols).reshape(c, -1)
+        m = ops.concat((m, ops.zeros((c, 1), m.dtype)), axis=1)
+        return ops.gather(m, diagonal_index(self.taps, self.before, length), 1).sum(axis=2)
