@@ -11,6 +11,7 @@ import os
 import sys
 
 from src.checkpoint import load_weights
+from src.config import parse_bool
 from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_device
 from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
 from src.evaluation import evaluate
@@ -32,6 +33,9 @@ def parse_args(argv=None):
                         "checkpoints/BiMLP_T_fashion_mnist.ckpt)")
     parser.add_argument("--checkpoint_nm", default="BiMLP_T", choices=MODEL_NAMES,
                         help="network variant of the checkpoint (default: BiMLP_T)")
+    parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
+                        help="false evaluates a float-twin checkpoint (train.py --binary false); "
+                        "both have the same parameter names, so this cannot be told from the file (default: true)")
     parser.add_argument("--dataset", choices=DATASETS,
                         help="default: fashion_mnist for BiMLP_T, imagenet otherwise")
     parser.add_argument("--image_size", type=int, help="default: 224 (imagenet, imagefolder), 28 (fashion_mnist)")
@@ -76,7 +80,7 @@ def resolve(args):
 
 
 def build_network(args):
-    net = create_model(args.checkpoint_nm, num_classes=args.num_classes)
+    net = create_model(args.checkpoint_nm, num_classes=args.num_classes, binary=args.binary)
     load_weights(net, args.checkpoint_path, args.checkpoint_nm)
     model_channels = net.patch_embed.proj.weight.shape[1]
     data_channels = 1 if args.dataset == "fashion_mnist" else 3

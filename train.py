@@ -128,10 +128,11 @@ def state_parameters(net, optimizer):
     return params
 
 
-def save_state(path, params, epoch, best_top1):
+def save_state(path, params, epoch, best_top1, binary):
     entries = [{"name": name, "data": p} for name, p in params.items()]
     save_atomic(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
-                                            f"{STATE_PREFIX}best_top1": float(best_top1)})
+                                            f"{STATE_PREFIX}best_top1": float(best_top1),
+                                            f"{STATE_PREFIX}binary": int(binary)})
 
 
 def restore_state(path, params):
@@ -194,14 +195,15 @@ def parameter_digest(net):
     return f"{crc:08x}"
 
 
-def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start):
-    """One pass over the data; returns (mean loss, images/s, seconds, CRC of the images).
+def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start, digest_images=False):
+    """One pass over the data; returns (mean loss, images/s, seconds, CRC of the images if digest_images).
     Stops on a non-finite loss."""
     steps = dataset.get_dataset_size()
     losses, images, digest = [], 0, 0
     start = timed_start = time.time()
     for step, (x, y) in enumerate(dataset.create_tuple_iterator(num_epochs=1), start=1):
-        digest = zlib.crc32(x.asnumpy().tobytes(), digest)
+        if digest_images:
+            digest = zlib.crc32(x.asnumpy().tobytes(), digest)
         loss = float(step_cell(x, y).asnumpy())
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} at epoch {epoch} step {step}")
@@ -269,7 +271,7 @@ def main(argv=None):
             teacher.set_train(False)
         try:
             loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world), epoch, config,
-                                              schedule, rank, run_start)
+                                              schedule, rank, run_start, digest_images=world > 1)
         except TrainingDiverged as err:
             kept = last_path if os.path.isfile(last_path) else "none yet"
             raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "
@@ -288,16 +290,17 @@ def main(argv=None):
             "train_img_per_s": f"{rate:.1f}"})
         best_now = val["acc"] > best
         best = max(best, val["acc"])
-        save_state(last_path, params, epoch, best)
+        save_state(last_path, params, epoch, best, net.binary)
         if best_now:
-            save_atomic(net, os.path.join(out, "best.ckpt"))
+            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict={f"{STATE_PREFIX}binary": int(net.binary)})
         print(f"epoch {epoch}/{config['epochs']} done in {format_duration(seconds)}: train loss {loss:.4f}, "
               f"val top-1 {val['acc']:.4f} top-5 {val['top5']:.4f}{' (best)' if best_now else ''}", flush=True)
     if world > 1:
         print(f"rank {rank}/{world}: data digest {data_digest:08x}, "
               f"parameter digest {parameter_digest(net)}", flush=True)
     if rank == 0:
-        print(f"finished: best val top-1 {best:.4f}; checkpoints in {out}", flush=True)
+        print(f"finished in {format_duration(time.time() - run_start)}: best val top-1 {best:.4f}; "
+              f"checkpoints in {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -74,14 +74,32 @@ def _is_training_state(name):
 
 
 def load_weights(net, path, model_name):
-    """Load a checkpoint into net; every parameter must match by name and shape."""
+    """Load a checkpoint into net; every parameter must match by name and shape, and a
+    checkpoint that records binary or float training (train.py's) must match net.binary."""
     params = read_checkpoint(path)
     check_compatible(net, params, model_name, path)
+    check_binary(net, params, path)
     not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
                                                 if not _is_training_state(n)}, strict_load=True)
     if not_loaded:
         raise UserError(f"checkpoint {path} left parameters unloaded: {_listing(not_loaded)}")
     return params
+
+
+def check_binary(net, params, path):
+    """Float-twin and binary checkpoints have the same names and shapes; train.py records which it is."""
+    marker = f"{STATE_PREFIX}binary"
+    if marker not in params:
+        return
+    trained_binary = bool(params[marker].asnumpy())
+    if trained_binary == net.binary:
+        return
+    if trained_binary:
+        hint = "a distillation teacher must be a float twin; eval.py evaluates this one without --binary false"
+    else:
+        hint = "evaluate a float twin with eval.py --binary false"
+    raise UserError(f"checkpoint {path} holds a {'binary' if trained_binary else 'float'} network, "
+                    f"but a {'binary' if net.binary else 'float'} one was built: {hint}")
 
 
 def save_atomic(save_obj, path, append_dict=None):

@@ -101,14 +101,14 @@ def add_arguments(parser):
              "resume": str}
     for key, default in DEFAULTS.items():
         if isinstance(default, bool):
-            parser.add_argument(f"--{key}", type=_parse_bool, metavar="{true,false}")
+            parser.add_argument(f"--{key}", type=parse_bool, metavar="{true,false}")
         else:
             kind = typed.get(key) or type(default)
             parser.add_argument(f"--{key}", type=kind, choices=CHOICES.get(key))
     return parser
 
 
-def _parse_bool(text):
+def parse_bool(text):
     value = text.lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
