@@ -11,7 +11,7 @@ import os
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import check_compatible, read_checkpoint, save_atomic
+from src.checkpoint import check_binary, check_compatible, read_checkpoint, save_atomic
 from src.context import UserError, run_cli, setup_device
 from src.packing import pack_params, packable_layers, read_packed, save_packed, unpack_arrays
 from src.wavemlp_20_3 import MODELS, create_model
@@ -33,6 +33,7 @@ def network_weights(path, model_name):
     head = checkpoint.get("head.weight")
     net = create_model(model_name, **({"num_classes": head.shape[0]} if head is not None else {}))
     check_compatible(net, checkpoint, model_name, path)
+    check_binary(net, checkpoint, path)
     names = [name for name, _ in net.parameters_and_names()]
     return {name: checkpoint[name].asnumpy().astype(np.float32) for name in names}, net
 
