@@ -5,7 +5,7 @@ Two things make the plain grouped Conv2D slow on MindSpore 2.10's CPU backend:
   these depthwise-style layers; here it is one batched matrix product per layer
   (see `line_filter_grad`);
 - on a map shorter than the kernel (BiMLP_T's 2x2 and 1x1 stages) the convolution
-  pads more than half a kernel and runs 5-10x slower. Taps that can only ever read
+  pads more than half a kernel and runs several times slower. Taps that can only ever read
   padding add nothing, so such a map is convolved with the taps that can reach it.
   ImageNet-sized maps (7x7 or more at 224) always use the whole kernel.
 """
