@@ -21,7 +21,7 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.checkpoint import STATE_PREFIX, load_weights, read_checkpoint, save_atomic
+from src.checkpoint import BINARY_MARKER, STATE_PREFIX, load_weights, read_checkpoint, save_atomic
 from src.config import add_arguments, load_config, save_config
 from src.context import UserError, run_cli, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
@@ -132,7 +132,7 @@ def save_state(path, params, epoch, best_top1, binary):
     entries = [{"name": name, "data": p} for name, p in params.items()]
     save_atomic(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
                                             f"{STATE_PREFIX}best_top1": float(best_top1),
-                                            f"{STATE_PREFIX}binary": int(binary)})
+                                            BINARY_MARKER: int(binary)})
 
 
 def restore_state(path, params):
@@ -292,7 +292,7 @@ def main(argv=None):
         best = max(best, val["acc"])
         save_state(last_path, params, epoch, best, net.binary)
         if best_now:
-            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict={f"{STATE_PREFIX}binary": int(net.binary)})
+            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict={BINARY_MARKER: int(net.binary)})
         print(f"epoch {epoch}/{config['epochs']} done in {format_duration(seconds)}: train loss {loss:.4f}, "
               f"val top-1 {val['acc']:.4f} top-5 {val['top5']:.4f}{' (best)' if best_now else ''}", flush=True)
     if world > 1:

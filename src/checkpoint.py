@@ -64,6 +64,8 @@ def guess_variant(weights, exclude=None):
 
 # train.py stores its epoch counter and best accuracy under this prefix, beside the weights.
 STATE_PREFIX = "train_state."
+# ...and whether the weights are a binary network or its float twin (1 or 0).
+BINARY_MARKER = f"{STATE_PREFIX}binary"
 
 
 def _is_training_state(name):
@@ -88,10 +90,9 @@ def load_weights(net, path, model_name):
 
 def check_binary(net, params, path):
     """Float-twin and binary checkpoints have the same names and shapes; train.py records which it is."""
-    marker = f"{STATE_PREFIX}binary"
-    if marker not in params:
+    if BINARY_MARKER not in params:
         return
-    trained_binary = bool(params[marker].asnumpy())
+    trained_binary = bool(params[BINARY_MARKER].asnumpy())
     if trained_binary == net.binary:
         return
     if trained_binary:

@@ -10,3 +10,17 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+from mindspore import Tensor, nn  # noqa: E402  (after the oneDNN setting)
+
+
+class Weighted(nn.Cell):
+    """sum(f(x) * g): its gradient with respect to x is f's vector-Jacobian product with g."""
+
+    def __init__(self, f, g):
+        super().__init__()
+        self.f, self.g = f, Tensor(g)
+
+    def construct(self, x):
+        return (self.f(x) * self.g).sum()

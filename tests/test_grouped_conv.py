@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
+from conftest import Weighted
 from src.grouped_conv import GroupedLineConv, reachable_taps
 from src.wavemlp_20_3 import PReLUSlope
 
@@ -71,12 +72,3 @@ def test_prelu_gradients_match_the_straightforward_formula():
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5)
     xn = x.asnumpy()
     np.testing.assert_allclose(dx, np.where(xn > 0, g, slope * g), rtol=1e-6)
-
-
-class Weighted(nn.Cell):
-    def __init__(self, f, g):
-        super().__init__()
-        self.f, self.g = f, Tensor(g)
-
-    def construct(self, x):
-        return (self.f(x) * self.g).sum()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
+from conftest import Weighted
 from src.quan_conv import ACTIVATION_SCHEMES, WEIGHT_SCHEMES, QuanConv, activation_quantizer, weight_quantizer
 
 # Includes the rounding ties +-0.5 (-> 0, half to even), both zeros and values beyond +-1.
@@ -14,17 +15,6 @@ X = np.array([-3.0, -1.0, -0.75, -0.5, -0.25, -0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1
 def mode(request):
     ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
     return request.param
-
-
-class Weighted(nn.Cell):
-    """sum(f(x) * g): its gradient with respect to x is f's vector-Jacobian product with g."""
-
-    def __init__(self, f, g):
-        super().__init__()
-        self.f, self.g = f, Tensor(g)
-
-    def construct(self, x):
-        return (self.f(x) * self.g).sum()
 
 
 def vjp(f, x, g):
