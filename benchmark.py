@@ -10,9 +10,10 @@ machine's conditions; compare within a run, and look at the load in the header.
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
-Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the default
-network (fast=True), "float" the float twin (binary=False, fast=True). All three
-binary/float paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
+Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
+MindSpore operators alone (fast=True, fused=False), "fused" the default network
+(fast=True plus the fused CPU kernels of src/fused_cpu.cc, eval only), "float" the
+float twin (binary=False, fast=True). All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
 environment sets it (see src/context.py).
 """
 import argparse
@@ -29,8 +30,9 @@ import time
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RESULT_TAG = "BENCH_RESULT "
 PATHS = {
-    "upstream": {"binary": True, "fast": False},
-    "fast": {"binary": True, "fast": True},
+    "upstream": {"binary": True, "fast": False, "fused": False},
+    "fast": {"binary": True, "fast": True, "fused": False},
+    "fused": {"binary": True, "fast": True, "fused": True},
     "float": {"binary": False, "fast": True},
 }
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
@@ -48,7 +50,8 @@ def parse_args(argv=None):
                         help="comma-separated parts to run: eval, train, data (default: all)")
     parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
-    parser.add_argument("--paths", default="upstream,fast,float", help="eval paths (default: upstream,fast,float)")
+    parser.add_argument("--paths", default="upstream,fast,fused,float",
+                        help="eval paths (default: upstream,fast,fused,float)")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,

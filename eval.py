@@ -36,6 +36,10 @@ def parse_args(argv=None):
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false evaluates a float-twin checkpoint (train.py --binary false); "
                         "both have the same parameter names, so this cannot be told from the file (default: true)")
+    parser.add_argument("--fused", type=parse_bool, default=None, metavar="{true,false}",
+                        help="run the binary network's element-wise chains as the fused CPU kernels of "
+                             "src/fused_cpu.cc (same logits, faster); default: on CPU when a C++ compiler "
+                             "is available")
     parser.add_argument("--dataset", choices=DATASETS,
                         help="default: fashion_mnist for BiMLP_T, imagenet otherwise")
     parser.add_argument("--image_size", type=int, help="default: 224 (imagenet, imagefolder), 28 (fashion_mnist)")
@@ -76,11 +80,18 @@ def resolve(args):
     if args.num_classes < dataset_classes:
         raise UserError(f"the dataset has {dataset_classes} classes but the model only {args.num_classes}: "
                         f"pass --num_classes {dataset_classes} or a matching dataset")
+    if args.fused and not args.binary:
+        raise UserError("--fused true needs the binary network: the fused kernels binarize activations")
+    if args.fused and args.platform != "CPU":
+        raise UserError("--fused true needs --platform CPU: the fused kernels are CPU code")
     return args
 
 
 def build_network(args):
-    net = create_model(args.checkpoint_nm, num_classes=args.num_classes, binary=args.binary)
+    try:
+        net = create_model(args.checkpoint_nm, num_classes=args.num_classes, binary=args.binary, fused=args.fused)
+    except ValueError as err:  # --fused true without a C++ compiler
+        raise UserError(str(err)) from None
     load_weights(net, args.checkpoint_path, args.checkpoint_nm)
     model_channels = net.patch_embed.proj.weight.shape[1]
     data_channels = 1 if args.dataset == "fashion_mnist" else 3
@@ -102,6 +113,7 @@ def main(argv=None):
           flush=True)
     setup_device(args.platform, args.device_id, args.mode)
     net = build_network(args)
+    print(f"  fused CPU kernels: {'on' if net.fused else 'off'}", flush=True)
     dataset = create_dataset(args.dataset, args.dataset_path, "val", args.batch_size, args.image_size)
     if args.mode == "graph":
         print("compiling the network graph on the first batch (can take minutes on CPU; "

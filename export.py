@@ -67,7 +67,7 @@ def check_args(args):
 
 def build_network(model_name, checkpoint_path, num_classes=None, fast=True):
     """The variant in eval mode with the checkpoint strictly loaded."""
-    net = create_model(model_name, fast=fast, **({"num_classes": num_classes} if num_classes else {}))
+    net = create_model(model_name, fast=fast, fused=False, **({"num_classes": num_classes} if num_classes else {}))
     load_weights(net, checkpoint_path, model_name)
     net.set_train(False)
     return net

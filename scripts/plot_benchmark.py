@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLORS = {"upstream": "#bbbbbb", "fast": "#1f77b4", "float": "#ff7f0e"}
-LABELS = {"upstream": "upstream-style (fast=False)", "fast": "optimized (default)", "float": "float twin"}
+COLORS = {"upstream": "#bbbbbb", "fast": "#9ecae1", "fused": "#1f77b4", "float": "#ff7f0e"}
+LABELS = {"upstream": "upstream-style (fast=False)", "fast": "fast=True, fused=False",
+          "fused": "fast + fused kernels (default)", "float": "float twin"}
 
 
 def grouped_bars(ax, rows, value, ylabel, title):

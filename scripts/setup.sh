@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Fashion-MNIST from Debian, a virtualenv in .venv with requirements.txt.
-# Re-running it does nothing that is already done.
+# Idempotent set-up: Fashion-MNIST and a C++ compiler (for src/fused_cpu.cc) from Debian,
+# a virtualenv in .venv with requirements.txt. Re-running it does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+missing=()
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+command -v g++ >/dev/null || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        echo "setup: installing ${missing[*]} (Debian packages)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "setup: Fashion-MNIST is missing; run: sudo apt-get install dataset-fashion-mnist" >&2
+        echo "setup: missing ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
     fi
 fi
 

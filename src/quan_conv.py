@@ -197,9 +197,20 @@ class QuanConv(nn.Cell):
             self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(kh, kw), mode=1,
                                    pad_mode="pad", pad=self.padding, stride=stride, group=group)
         self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
+        self.xnor_weight = quan_name_w == "xnor" and nbit_w == 1
 
     def construct(self, x):
         return self.conv(self.quantize_input(x), self.quantize_weight(self.weight))
+
+    def conv_quantized(self, xq, kernels):
+        """The convolution of an input already quantized by a fused kernel (src/fused.py)."""
+        if not self.xnor_weight:
+            return self.conv(xq, self.quantize_weight(self.weight))
+        if self.in_channels == self.group:
+            # One input channel per group: mean(|W|) over it is |W|, so sign(W) * |W| == W.
+            return self.conv(xq, self.weight)
+        mean = self.quantize_weight.mean(ops.abs(self.weight), 1)
+        return self.conv(xq, kernels.sign_scale(self.weight, mean))
 
     def quantized_weight(self):
         """The weights the convolution actually uses, as a numpy array."""

@@ -14,6 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
+from src import fused as fused_kernels
 from src.quan_conv import QuanConv
 
 ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
@@ -168,17 +169,35 @@ class Mlp(nn.Cell):
         self.norm0 = batch_norm(hidden_features)
         self.shortcut1 = UniShortcut(in_features, hidden_features, fast)
         self.shortcut2 = UniShortcut(hidden_features, out_features, fast)
+        self.kernels = None
+        self.fusable = bool(self.shortcut1.repeats) and self.shortcut2.k > 1
 
     def construct(self, x):
+        if self.kernels is not None and not self.training:
+            return self.construct_fused(x)
         s1 = self.act1(self.norm0(self.shortcut1(x)))
         h = self.act2(self.norm1(self.fc1(self.move1(x))) + s1)
         s2 = self.shortcut2(h)
         return self.act3(self.norm2(self.fc2(self.move2(h))) + s2)
 
+    def construct_fused(self, x):
+        k = self.kernels
+        a = self.fc1.conv_quantized(k.move_binarize(x, self.move1.bias), k)
+        h = k.bn_act_tiled(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
+                           *fused_kernels.bn_act_params(self.norm1, self.act2))
+        a = self.fc2.conv_quantized(k.move_binarize(h, self.move2.bias), k)
+        return k.bn_act_group_mean(a, h, *fused_kernels.bn_act_params(self.norm2, self.act3))
+
 
 def residual_fc(move, conv, bn, act, x):
     t = move(x)
     return act(bn(conv(t)) + t)
+
+
+def fused_residual_fc(kernels, move, conv, bn, act, x):
+    """residual_fc in two fused kernels around the convolution."""
+    a = conv.conv_quantized(kernels.move_binarize(x, move.bias), kernels)
+    return kernels.bn_act_moved(a, x, move.bias, *fused_kernels.bn_act_params(bn, act))
 
 
 class PATM(nn.Cell):
@@ -223,8 +242,12 @@ class PATM(nn.Cell):
         self.norm_proj = batch_norm(dim)
         self.concat = ops.Concat(axis=1)
         self.pair_mean = UniShortcut(2 * dim, dim, fast)
+        self.kernels = None
+        self.fusable = True
 
     def construct(self, u):
+        if self.kernels is not None and not self.training:
+            return self.construct_fused(u)
         batch = u.shape[0]
         theta_h = residual_fc(self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
         theta_w = residual_fc(self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
@@ -243,6 +266,23 @@ class PATM(nn.Cell):
         else:
             x = ((h * a[0] + w * a[1]) + c * a[2]) + u
         return residual_fc(self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
+
+    def construct_fused(self, u):
+        k, batch = self.kernels, u.shape[0]
+        theta_h = fused_residual_fc(k, self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
+        theta_w = fused_residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
+        xh = fused_residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
+        xw = fused_residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
+        xh, xh_q = k.phase_concat(xh, theta_h, self.move_tfch.bias)
+        xw, xw_q = k.phase_concat(xw, theta_w, self.move_tfcw.bias)
+        h = k.bn_act_group_mean(self.tfc_h.conv_quantized(xh_q, k), xh,
+                                *fused_kernels.bn_act_params(self.norm_h, self.act_h))
+        w = k.bn_act_group_mean(self.tfc_w.conv_quantized(xw_q, k), xw,
+                                *fused_kernels.bn_act_params(self.norm_w, self.act_w))
+        c = fused_residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
+        a = self.reweight(ACCURATE_POOL(k.sum4(h, w, c, u))).reshape(batch, self.dim, 3).transpose(2, 0, 1)
+        x = k.mix3(h, w, c, u, ops.softmax(a, axis=0))
+        return fused_residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
 
 
 class DropPath(nn.Cell):
@@ -279,8 +319,12 @@ class WaveBlock(nn.Cell):
         self.norm_h = batch_norm(dim)
         self.norm_w = batch_norm(dim)
         self.drop_path = DropPath(drop_path)
+        self.kernels = None
+        self.fusable = True
 
     def construct(self, x):
+        if self.kernels is not None and not self.training:
+            return self.construct_fused(x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         m = self.norm2(x)
         a = self.mlp(m)
@@ -288,6 +332,15 @@ class WaveBlock(nn.Cell):
         c = residual_fc(self.move_w, self.sfc_w, self.norm_w, self.act2, m)
         w0, w1 = self.weight[0], self.weight[1]
         return x + self.drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)
+
+    def construct_fused(self, x):
+        k = self.kernels
+        x = x + self.attn(self.norm1(x))
+        m = self.norm2(x)
+        a = self.mlp(m)
+        b = fused_residual_fc(k, self.move_h, self.sfc_h, self.norm_h, self.act1, m)
+        c = fused_residual_fc(k, self.move_w, self.sfc_w, self.norm_w, self.act2, m)
+        return k.wave_mix(x, a, b, c, self.weight)
 
 
 class PatchEmbed(nn.Cell):
@@ -299,8 +352,12 @@ class PatchEmbed(nn.Cell):
                               padding=padding, has_bias=True)
         self.norm = norm_layer(dim)
         self.act = RPReLU(dim, fast)
+        self.kernels = None
+        self.fusable = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
+        if self.kernels is not None and not self.training:
+            return self.kernels.bn_act(self.proj(x), *fused_kernels.bn_act_params(self.norm, self.act))
         return self.act(self.norm(self.proj(x)))
 
 
@@ -316,8 +373,17 @@ class Downsample(nn.Cell):
         self.pool3 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
         self.pool5 = nn.MaxPool2d(kernel_size=5, stride=2, pad_mode="same")
         self.pool7 = nn.MaxPool2d(kernel_size=7, stride=2, pad_mode="same")
+        self.kernels = None
+        self.fusable = True
+        self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
+        if self.kernels is not None and not self.training:
+            if self.batch_norm:
+                x = self.kernels.bn_act(self.proj(x), *fused_kernels.bn_act_params(self.norm, self.act))
+            else:
+                x = self.act(self.norm(self.proj(x)))
+            return self.kernels.pool4(x)
         x = self.act(self.norm(self.proj(x)))
         return (((self.pool2(x) + self.pool3(x)) + self.pool5(x)) + self.pool7(x)) / 4.0
 
@@ -334,10 +400,13 @@ class BiMLP(nn.Cell):
         stem: (kernel, stride, padding) of the float patch-embedding conv.
         fast: compute with MindSpore CPU kernels that are faster and leaner but give
             bit-identical results; False restores the straightforward operators.
+        fused: in eval mode on CPU, run element-wise chains as the fused kernels of
+            src/fused_cpu.cc (bit-identical). None: whenever binary, fast and the
+            kernels are available.
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
-                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True):
+                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=None):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
@@ -359,6 +428,17 @@ class BiMLP(nn.Cell):
         self.norm = norm_layer(embed_dims[-1])
         self.head = nn.Dense(embed_dims[-1], num_classes,
                              weight_init=TruncatedNormal(0.02), bias_init="zeros")
+        if fused is None:
+            fused = binary and fast and fused_kernels.available()
+        if fused and not binary:
+            raise ValueError("the fused kernels binarize activations: use fused=False for the float twin")
+        if fused and not fused_kernels.available():
+            raise ValueError("fused=True needs MindSpore on CPU and a C++ compiler for src/fused_cpu.cc")
+        self.fused = bool(fused)
+        if self.fused:
+            kernels = fused_kernels.Kernels()
+            for cell in [cell for _, cell in self.cells_and_names() if getattr(cell, "fusable", False)]:
+                cell.kernels = kernels
 
     def forward_features(self, x):
         x = self.patch_embed(x)

@@ -103,6 +103,7 @@ def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_chec
     result, _ = parse_result(proc.stdout)
     assert result == {"acc": FASHION_ACC, "top5": FASHION_TOP5, "num_samples": 7}
     assert "fashion_mnist" in proc.stdout and "graph mode" in proc.stdout
+    assert "fused CPU kernels: on" in proc.stdout
 
 
 def test_no_arguments_use_the_committed_fashion_mnist_checkpoint(monkeypatch, t_checkpoint):
@@ -189,6 +190,8 @@ def test_model_and_dataset_channels_must_agree(fruits, t_checkpoint):
     (["--image_size", "0"], "--image_size must be at least 16"),
     (["--num_classes", "0"], "the dataset has 6 classes but the model only 0"),
     (["--checkpoint_nm", "BiMLP_M", "--checkpoint_path", None], "--checkpoint_path is required for BiMLP_M"),
+    (["--fused", "true", "--binary", "false"], "--fused true needs the binary network"),
+    (["--fused", "true", "--platform", "GPU"], "--fused true needs --platform CPU"),
 ])
 def test_bad_flags(fruits, s_checkpoint, flags, message):
     base = {"--dataset_path": fruits, "--checkpoint_path": s_checkpoint, "--checkpoint_nm": "BiMLP_S",

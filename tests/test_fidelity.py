@@ -15,11 +15,12 @@ def test_parameter_names_shapes_and_order_match_manifest(model):
     assert ours == theirs
 
 
-@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("mode,fused", [("graph", True), ("pynative", True), ("graph", False)])
 @pytest.mark.parametrize("model,seed", CASES)
-def test_eval_logits_match_upstream(model, seed, mode):
+def test_eval_logits_match_upstream(model, seed, mode, fused):
+    """The default network (fused CPU kernels) and the MindSpore-operators-only one."""
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    net = create_model(model)
+    net = create_model(model, fused=fused)
     params = {n: ms.Parameter(ms.Tensor(v), name=n) for n, v in reference_params(model, seed)}
     not_loaded, unused = ms.load_param_into_net(net, params, strict_load=True)
     assert not not_loaded and not unused

@@ -1,0 +1,304 @@
+// Fused element-wise kernels for BiMLP inference on CPU (MindSpore "aot" custom operators).
+//
+// Each kernel does in one pass over memory what the network otherwise does in 5-10
+// MindSpore CPU operators, with the same float32 operations in the same order, so the
+// results are bit-identical. Build without -ffast-math and with -ffp-contract=off: a
+// fused multiply-add would round differently.
+//
+// Tensors are NCHW float32. Per-channel parameters are float32 arrays of C values.
+// Batch norm is the eval-mode form (x - mean) * (gamma / sqrt(var + eps)) + beta, which
+// is what MindSpore's CPU BatchNorm computes (checked bit for bit by the tests).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+const float kRoundingMagic = 12582912.0f;  // 1.5 * 2^23: (x + M) - M is rint(x), ties to even
+const float kEps = 1e-5f;
+
+inline float prelu(float x, float w) { return std::max(x, 0.0f) + std::min(x, 0.0f) * w; }
+inline float rprelu(float x, float b1, float w, float b2) { return prelu(x + b1, w) + b2; }
+inline float binarize(float x) { return (std::min(std::max(x, -1.0f), 1.0f) + kRoundingMagic) - kRoundingMagic; }
+
+struct Dims {
+  int64_t n, c, hw;
+};
+
+// sin and cos of float32 angles, equal to MindSpore's Sin/Cos: glibc's double-precision
+// functions rounded to float32. A vectorizable double-precision approximation (fdlibm's
+// reduction and kernels, error well below 2^-40 relative) decides the float32 result
+// whenever every value within 2^-40 of it rounds to the same float32, which then includes
+// glibc's value; the rare others (about 1 in 30,000) and |x| >= 2^16 call glibc itself.
+void sincos_rounded(const float *x, float *sine, float *cosine, int32_t *unsure, int64_t n) {
+  const double two_over_pi = 6.36619772367581382433e-01, shifter = 6755399441055744.0;  // 1.5 * 2^52
+  const double pio2_1 = 1.57079632673412561417e+00, pio2_2 = 6.07710050630396597660e-11,
+               pio2_3 = 2.02226624871116645580e-21;
+  const double s1 = -1.66666666666666324348e-01, s2 = 8.33333333332248946124e-03,
+               s3 = -1.98412698298579493134e-04, s4 = 2.75573137070700676789e-06,
+               s5 = -2.50507602534068634195e-08, s6 = 1.58969099521155010221e-10;
+  const double c1 = 4.16666666666666019037e-02, c2 = -1.38888888888741095749e-03,
+               c3 = 2.48015872894767294178e-05, c4 = -2.75573143513906633035e-07,
+               c5 = 2.08757232129817482790e-09, c6 = -1.13596475577881948265e-11;
+  const double tolerance = 9.094947017729282e-13;  // 2^-40
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    const double shifted = v * two_over_pi + shifter;
+    const double k = shifted - shifter;  // nearest integer to v / (pi / 2)
+    const double quadrant = k - 4.0 * std::floor(k * 0.25);  // k mod 4, exactly
+    const double r = ((v - k * pio2_1) - k * pio2_2) - k * pio2_3;
+    const double z = r * r;
+    const double sin_r = r + r * z * (s1 + z * (s2 + z * (s3 + z * (s4 + z * (s5 + z * s6)))));
+    const double cos_r = 1.0 - 0.5 * z + z * z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * c6)))));
+    const double sin_v = quadrant == 0.0 ? sin_r : quadrant == 1.0 ? cos_r : quadrant == 2.0 ? -sin_r : -cos_r;
+    const double cos_v = quadrant == 0.0 ? cos_r : quadrant == 1.0 ? -sin_r : quadrant == 2.0 ? -cos_r : sin_r;
+    const double ts = std::fabs(sin_v) * tolerance + 1e-300, tc = std::fabs(cos_v) * tolerance + 1e-300;
+    sine[i] = static_cast<float>(sin_v);
+    cosine[i] = static_cast<float>(cos_v);
+    unsure[i] = (static_cast<float>(sin_v - ts) != static_cast<float>(sin_v + ts)) |
+                (static_cast<float>(cos_v - tc) != static_cast<float>(cos_v + tc)) | (std::fabs(v) >= 65536.0);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (unsure[i]) {
+      double s, c;
+      sincos(static_cast<double>(x[i]), &s, &c);
+      sine[i] = static_cast<float>(s);
+      cosine[i] = static_cast<float>(c);
+    }
+  }
+}
+
+Dims dims_of(const int64_t *shape) { return {shape[0], shape[1], shape[2] * shape[3]}; }
+
+// Eval-mode batch norm followed by RPReLU, on one channel's parameters.
+struct BnActParams {
+  const float *gamma, *beta, *mean, *var, *b1, *w, *b2;
+  struct Channel {
+    float mean, scale, beta, b1, w, b2;
+    float operator()(float x, float shortcut) const { return rprelu((x - mean) * scale + beta + shortcut, b1, w, b2); }
+    float operator()(float x) const { return rprelu((x - mean) * scale + beta, b1, w, b2); }
+  };
+  Channel at(int64_t c) const {
+    return {mean[c], gamma[c] / std::sqrt(var[c] + kEps), beta[c], b1[c], w[c], b2[c]};
+  }
+};
+
+BnActParams bn_act_from(void **params, int first) {
+  auto p = [&](int i) { return static_cast<const float *>(params[first + i]); };
+  return {p(0), p(1), p(2), p(3), p(4), p(5), p(6)};
+}
+
+// Runs body(n, c, offset) for every (sample, channel) plane. Single-threaded on purpose:
+// MindSpore's thread pool keeps the cores busy between operators, and an OpenMP team
+// waiting for them made the whole BiMLP_S forward 2x slower than this.
+template <typename Body>
+void for_each_plane(const Dims &d, Body body) {
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t c = 0; c < d.c; ++c) body(n, c, (n * d.c + c) * d.hw);
+}
+
+}  // namespace
+
+extern "C" {
+
+// y = rint(clip(x + bias, -1, 1)): a LearnableBias and the 1-bit activation quantizer.
+int MoveBinarize(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  Dims d = dims_of(shapes[0]);
+  for_each_plane(d, [&](int64_t, int64_t c, int64_t o) {
+    const float b = bias[c];
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = binarize(x[o + i] + b);
+  });
+  return 0;
+}
+
+// y = act(bn(a)): inputs a, then gamma, beta, mean, var, move1, slope, move2.
+int BnAct(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]);
+  BnActParams k = bn_act_from(params, 1);
+  float *y = static_cast<float *>(params[8]);
+  Dims d = dims_of(shapes[0]);
+  for_each_plane(d, [&](int64_t, int64_t c, int64_t o) {
+    const auto ch = k.at(c);
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ch(a[o + i]);
+  });
+  return 0;
+}
+
+// y = act(bn(a) + (u + move)): residual_fc's tail, recomputing t = move(u).
+int BnActMoved(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]), *u = static_cast<const float *>(params[1]);
+  const float *move = static_cast<const float *>(params[2]);
+  BnActParams k = bn_act_from(params, 3);
+  float *y = static_cast<float *>(params[10]);
+  Dims d = dims_of(shapes[0]);
+  for_each_plane(d, [&](int64_t, int64_t c, int64_t o) {
+    const auto ch = k.at(c);
+    const float m = move[c];
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ch(a[o + i], u[o + i] + m);
+  });
+  return 0;
+}
+
+// y = act(bn(a) + mean of s's channel groups): s has k*C channels, channel c's
+// shortcut is (((s[k c] + s[k c + 1]) + ...) + s[k c + k - 1]) / k (the uni-shortcut).
+int BnActGroupMean(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]), *s = static_cast<const float *>(params[1]);
+  BnActParams k = bn_act_from(params, 2);
+  float *y = static_cast<float *>(params[9]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t group = shapes[1][1] / d.c;
+  const float divisor = static_cast<float>(group);
+  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
+    const auto ch = k.at(c);
+    const float *first = s + (n * shapes[1][1] + c * group) * d.hw;
+    float *total = y + o;  // the output plane doubles as the sum's buffer, so each loop vectorizes
+    for (int64_t i = 0; i < d.hw; ++i) total[i] = first[i];
+    for (int64_t j = 1; j < group; ++j)
+      for (int64_t i = 0; i < d.hw; ++i) total[i] = total[i] + first[j * d.hw + i];
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ch(a[o + i], total[i] / divisor);
+  });
+  return 0;
+}
+
+// Mlp's first half: y = act2(bn1(a) + act1(bn0(x tiled to C channels))), where x has
+// C / r channels and the tile repeats the whole channel block r times.
+int BnActTiled(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]);
+  BnActParams shortcut = bn_act_from(params, 2), k = bn_act_from(params, 9);
+  float *y = static_cast<float *>(params[16]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t cin = shapes[1][1];
+  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
+    const auto ch = k.at(c), sc = shortcut.at(c);
+    const float *xs = x + (n * cin + c % cin) * d.hw;
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ch(a[o + i], sc(xs[i]));
+  });
+  return 0;
+}
+
+// PATM's phase step: out = concat(x * cos(theta), x * sin(theta)) + move (2C channels),
+// and its 1-bit quantization for the token-mixing conv.
+int PhaseConcat(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *theta = static_cast<const float *>(params[1]);
+  const float *move = static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]), *quantized = static_cast<float *>(params[4]);
+  Dims d = dims_of(shapes[0]);
+  std::vector<int32_t> unsure(d.hw);
+  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
+    const int64_t oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
+    const float mc = move[c], ms = move[c + d.c];
+    float *cosine = out + oc, *sine = out + os;  // the output planes hold cos and sin first
+    sincos_rounded(theta + o, sine, cosine, unsure.data(), d.hw);
+    for (int64_t i = 0; i < d.hw; ++i) {
+      const float vc = x[o + i] * cosine[i] + mc, vs = x[o + i] * sine[i] + ms;
+      cosine[i] = vc;
+      sine[i] = vs;
+      quantized[oc + i] = binarize(vc);
+      quantized[os + i] = binarize(vs);
+    }
+  });
+  return 0;
+}
+
+// XNOR weights from the per-(out, kh, kw) mean of |W| over input channels, which
+// MindSpore's ReduceMean computes (its summation order is its own): sign(W) * mean.
+int SignScale(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *w = static_cast<const float *>(params[0]), *mean = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t out = shapes[0][0], in = shapes[0][1], taps = shapes[0][2] * shapes[0][3];
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t t = 0; t < taps; ++t) {
+        const float v = w[(o * in + i) * taps + t], m = mean[o * taps + t];
+        y[(o * in + i) * taps + t] = v > 0.0f ? m : (v < 0.0f ? -m : 0.0f * m);
+      }
+  return 0;
+}
+
+// ((h + w) + c) + u: the sum PATM pools for its branch weights.
+int Sum4(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *h = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
+  const float *c = static_cast<const float *>(params[2]), *u = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  Dims d = dims_of(shapes[0]);
+  for_each_plane(d, [&](int64_t, int64_t, int64_t o) {
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ((h[o + i] + w[o + i]) + c[o + i]) + u[o + i];
+  });
+  return 0;
+}
+
+// PATM's reweighting: ((h a0 + w a1) + c a2) + u, with a of shape (3, N, C).
+int Mix3(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *h = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
+  const float *c = static_cast<const float *>(params[2]), *u = static_cast<const float *>(params[3]);
+  const float *a = static_cast<const float *>(params[4]);
+  float *y = static_cast<float *>(params[5]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t stride = d.n * d.c;
+  for_each_plane(d, [&](int64_t n, int64_t ch, int64_t o) {
+    const float a0 = a[n * d.c + ch], a1 = a[stride + n * d.c + ch], a2 = a[2 * stride + n * d.c + ch];
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ((h[o + i] * a0 + w[o + i] * a1) + c[o + i] * a2) + u[o + i];
+  });
+  return 0;
+}
+
+// The WaveBlock's second residual: x + ((w0 b + w1 c) + (1 - w0 - w1) a).
+int WaveMix(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *a = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]), *c = static_cast<const float *>(params[3]);
+  const float *weight = static_cast<const float *>(params[4]);
+  float *y = static_cast<float *>(params[5]);
+  Dims d = dims_of(shapes[0]);
+  const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
+  for_each_plane(d, [&](int64_t, int64_t, int64_t o) {
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = x[o + i] + ((w0 * b[o + i] + w1 * c[o + i]) + rest * a[o + i]);
+  });
+  return 0;
+}
+
+// Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for stride-2 max-pools of kernel 2, 3, 5
+// and 7 with MindSpore's "same" padding (output ceil(H / 2); the extra padded row and column
+// at the bottom and right). A max does not depend on order, so this is exact.
+int Pool4(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2;
+  std::vector<float> rows(h * ow), pooled(oh * ow);
+  const int kernels[4] = {2, 3, 5, 7};
+  for (int64_t plane = 0; plane < n * c; ++plane) {
+    const float *in = x + plane * h * w;
+    float *out = y + plane * oh * ow;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = kernels[j];
+      const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
+      const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+      for (int64_t r = 0; r < h; ++r)
+        for (int64_t col = 0; col < ow; ++col) {
+          const int64_t from = std::max<int64_t>(col * 2 - left, 0), to = std::min<int64_t>(col * 2 - left + k, w);
+          float m = in[r * w + from];
+          for (int64_t i = from + 1; i < to; ++i) m = std::max(m, in[r * w + i]);
+          rows[r * ow + col] = m;
+        }
+      for (int64_t r = 0; r < oh; ++r) {
+        const int64_t from = std::max<int64_t>(r * 2 - top, 0), to = std::min<int64_t>(r * 2 - top + k, h);
+        float *dst = pooled.data() + r * ow;
+        for (int64_t col = 0; col < ow; ++col) dst[col] = rows[from * ow + col];
+        for (int64_t i = from + 1; i < to; ++i)
+          for (int64_t col = 0; col < ow; ++col) dst[col] = std::max(dst[col], rows[i * ow + col]);
+      }
+      if (j == 0) {
+        std::copy(pooled.begin(), pooled.end(), out);
+      } else {
+        for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] + pooled[i];
+      }
+    }
+    for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] / 4.0f;
+  }
+  return 0;
+}
+
+}  // extern "C"
