@@ -136,7 +136,7 @@ def main(argv=None):
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     dataset = DATASET_OF_MODEL.get(args.checkpoint_nm, "imagenet")
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
-    net = create_model(args.checkpoint_nm, **({"num_classes": args.num_classes} if args.num_classes else {}))
+    net = create_model(args.checkpoint_nm, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
     names = class_names(args, net.num_classes)
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)

@@ -238,8 +238,9 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         save_config(config, os.path.join(out, "config.yaml"))
 
+    # fused=None: the per-epoch validation runs the fused CPU kernels when it can (eval mode only).
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
-                       binary=config["binary"])
+                       binary=config["binary"], fused=None)
     steps_per_epoch = train_data(config, 1, rank, world).get_dataset_size()
     schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
                            config["epochs"], steps_per_epoch)

@@ -92,6 +92,10 @@ def _halved_map(*shapes):
     return n, c, (h + 1) // 2, (w + 1) // 2
 
 
+def _line_conv_shape(x, weight):
+    return x[0], weight[0], x[2], x[3]
+
+
 def _doubled_channels_twice(*shapes):
     n, c, h, w = shapes[0]
     return (n, 2 * c, h, w), (n, 2 * c, h, w)
@@ -124,6 +128,7 @@ class Kernels(nn.Cell):
         self.mix3 = _kernel("Mix3")
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
+        self.line_conv = _kernel("LineConv", _line_conv_shape)
 
 
 def bn_act_params(bn, act):

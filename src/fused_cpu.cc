@@ -259,6 +259,41 @@ int WaveMix(int, void **params, int *, int64_t **shapes, const char **, void *, 
   return 0;
 }
 
+// A grouped 1xK or Kx1 convolution, stride 1, zero padding (K - 1) / 2 on both sides, with
+// weights (C, G, kh, kw) for C groups of G input channels each. Each output sums its
+// products input channel by input channel, taps in order, from 0: the order of oneDNN's
+// kernel for these layers (checked by the tests), which matters for float rounding.
+int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *weight = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t n = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t c = shapes[1][0], group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
+  const bool horizontal = kh == 1;
+  const int64_t taps = horizontal ? kw : kh, half = (taps - 1) / 2;
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float *out = y + (b * c + ch) * h * w;
+      std::fill(out, out + h * w, 0.0f);
+      for (int64_t i = 0; i < group; ++i) {
+        const float *in = x + (b * cin + ch * group + i) * h * w;
+        for (int64_t t = 0; t < taps; ++t) {
+          const float wt = weight[(ch * group + i) * taps + t];
+          const int64_t shift = t - half;
+          if (horizontal) {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
+            for (int64_t r = 0; r < h; ++r)
+              for (int64_t col = from; col < to; ++col) out[r * w + col] = out[r * w + col] + in[r * w + col + shift] * wt;
+          } else {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
+            for (int64_t r = from; r < to; ++r)
+              for (int64_t col = 0; col < w; ++col) out[r * w + col] = out[r * w + col] + in[(r + shift) * w + col] * wt;
+          }
+        }
+      }
+    }
+  return 0;
+}
+
 // Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for stride-2 max-pools of kernel 2, 3, 5
 // and 7 with MindSpore's "same" padding (output ceil(H / 2); the extra padded row and column
 // at the bottom and right). A max does not depend on order, so this is exact.

@@ -400,13 +400,14 @@ class BiMLP(nn.Cell):
         stem: (kernel, stride, padding) of the float patch-embedding conv.
         fast: compute with MindSpore CPU kernels that are faster and leaner but give
             bit-identical results; False restores the straightforward operators.
-        fused: in eval mode on CPU, run element-wise chains as the fused kernels of
-            src/fused_cpu.cc (bit-identical). None: whenever binary, fast and the
-            kernels are available.
+        fused: in eval mode (set_train(False)), run the forward as the fused CPU kernels
+            of src/fused_cpu.cc: the same logits, several times faster. They have no
+            gradient, so the default is off for the library; eval.py and predict.py pass
+            None: on whenever binary, fast, on CPU and a C++ compiler is available.
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
-                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=None):
+                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=False):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")

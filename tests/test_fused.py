@@ -7,7 +7,7 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from src import fused
-from src.quan_conv import RoundClip, XnorWeight
+from src.quan_conv import QuanConv, RoundClip, XnorWeight
 from src.wavemlp_20_3 import RPReLU, WaveBlock, create_model
 
 pytestmark = pytest.mark.skipif(fused.library_path() is None, reason="no C++ compiler for the fused kernels")
@@ -104,6 +104,21 @@ def test_move_binarize_and_xnor_weights():
     np.testing.assert_array_equal(k.sign_scale(w, mean).asnumpy(), XnorWeight()(w).asnumpy())
 
 
+@pytest.mark.parametrize("per_group", [1, 2])
+@pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
+@pytest.mark.parametrize("size", [(56, 56), (14, 14), (7, 7), (2, 2), (1, 1)])
+def test_line_conv_sums_in_onednn_order(per_group, kernel, size):
+    """On binarized inputs (what the fused path feeds it) the products are exact and only the
+    order of the sums decides the result: it must be the order of the layers' own convolution."""
+    channels = 64 if size[0] > 2 else 8
+    layer = QuanConv(channels * per_group, channels, kernel, padding=(3, 3, 0, 0) if kernel[0] == 7 else (0, 0, 3, 3),
+                     group=channels)
+    xq = Tensor(np.random.RandomState(0).randint(-1, 2, (2, channels * per_group, *size)).astype(np.float32))
+    weight = layer.quantize_weight(layer.weight)
+    assert layer.centered_line
+    np.testing.assert_array_equal(fused.Kernels().line_conv(xq, weight).asnumpy(), layer.conv(xq, weight).asnumpy())
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 7), (6, 9), (2, 2), (1, 1)])
 def test_pool4_is_downsample_pooling(size):
     x = data((2, 3, *size), 0)
@@ -147,7 +162,8 @@ def test_float_twin_and_other_platforms_do_not_fuse():
     assert not create_model("BiMLP_T", binary=False).fused
     with pytest.raises(ValueError, match="float twin"):
         create_model("BiMLP_T", binary=False, fused=True)
-    assert create_model("BiMLP_T").fused  # CPU with a compiler: on by default
+    assert not create_model("BiMLP_T").fused  # off in the library: the kernels have no gradient
+    assert create_model("BiMLP_T", fused=None).fused  # auto: CPU with a compiler
 
 
 def test_without_a_compiler_the_network_runs_unfused(monkeypatch, tmp_path):
@@ -158,6 +174,6 @@ def test_without_a_compiler_the_network_runs_unfused(monkeypatch, tmp_path):
         warnings.simplefilter("always")
         assert fused.library_path() is None
     assert any("without its fused CPU kernels" in str(w.message) for w in caught)
-    assert not create_model("BiMLP_T").fused
+    assert not create_model("BiMLP_T", fused=None).fused
     with pytest.raises(ValueError, match="C\\+\\+ compiler"):
         create_model("BiMLP_T", fused=True)
