@@ -92,13 +92,8 @@ def _halved_map(*shapes):
     return n, c, (h + 1) // 2, (w + 1) // 2
 
 
-def _line_conv_shape(x, weight):
-    return x[0], weight[0], x[2], x[3]
-
-
-def _doubled_channels_twice(*shapes):
-    n, c, h, w = shapes[0]
-    return (n, 2 * c, h, w), (n, 2 * c, h, w)
+def _same_shape_twice(*shapes):
+    return shapes[0], shapes[0]
 
 
 def _dtype_twice(*dtypes):
@@ -121,14 +116,14 @@ class Kernels(nn.Cell):
         self.bn_act = _kernel("BnAct")
         self.bn_act_moved = _kernel("BnActMoved")
         self.bn_act_group_mean = _kernel("BnActGroupMean")
-        self.bn_act_tiled = _kernel("BnActTiled")
-        self.phase_concat = _kernel("PhaseConcat", _doubled_channels_twice, _dtype_twice)
+        self.bn_act_tiled_binarize = _kernel("BnActTiledBinarize", _same_shape_twice, _dtype_twice)
+        self.line_branch = _kernel("LineBranch")
+        self.phase_branch = _kernel("PhaseBranch")
         self.sign_scale = _kernel("SignScale")
         self.sum4 = _kernel("Sum4")
         self.mix3 = _kernel("Mix3")
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
-        self.line_conv = _kernel("LineConv", _line_conv_shape)
 
 
 def bn_act_params(bn, act):

@@ -98,6 +98,28 @@ void for_each_plane(const Dims &d, Body body) {
     for (int64_t c = 0; c < d.c; ++c) body(n, c, (n * d.c + c) * d.hw);
 }
 
+// Adds to out (h x w) the 1xK (horizontal) or Kx1 convolution of one input plane with
+// `taps` weights, zero padding (taps - 1) / 2. Called input channel by input channel on
+// an output that starts at 0, each output sums its products in the order of oneDNN's
+// kernel for these layers (input channels, then taps in order; checked by the tests).
+void line_conv_plane(const float *in, const float *weight, int64_t taps, bool horizontal, int64_t h, int64_t w,
+                     float *out) {
+  const int64_t half = (taps - 1) / 2;
+  for (int64_t t = 0; t < taps; ++t) {
+    const float wt = weight[t];
+    const int64_t shift = t - half;
+    if (horizontal) {
+      const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
+      for (int64_t r = 0; r < h; ++r)
+        for (int64_t col = from; col < to; ++col) out[r * w + col] = out[r * w + col] + in[r * w + col + shift] * wt;
+    } else {
+      const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
+      for (int64_t r = from; r < to; ++r)
+        for (int64_t col = 0; col < w; ++col) out[r * w + col] = out[r * w + col] + in[(r + shift) * w + col] * wt;
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -163,46 +185,6 @@ int BnActGroupMean(int, void **params, int *, int64_t **shapes, const char **, v
   return 0;
 }
 
-// Mlp's first half: y = act2(bn1(a) + act1(bn0(x tiled to C channels))), where x has
-// C / r channels and the tile repeats the whole channel block r times.
-int BnActTiled(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  const float *a = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]);
-  BnActParams shortcut = bn_act_from(params, 2), k = bn_act_from(params, 9);
-  float *y = static_cast<float *>(params[16]);
-  Dims d = dims_of(shapes[0]);
-  const int64_t cin = shapes[1][1];
-  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
-    const auto ch = k.at(c), sc = shortcut.at(c);
-    const float *xs = x + (n * cin + c % cin) * d.hw;
-    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ch(a[o + i], sc(xs[i]));
-  });
-  return 0;
-}
-
-// PATM's phase step: out = concat(x * cos(theta), x * sin(theta)) + move (2C channels),
-// and its 1-bit quantization for the token-mixing conv.
-int PhaseConcat(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  const float *x = static_cast<const float *>(params[0]), *theta = static_cast<const float *>(params[1]);
-  const float *move = static_cast<const float *>(params[2]);
-  float *out = static_cast<float *>(params[3]), *quantized = static_cast<float *>(params[4]);
-  Dims d = dims_of(shapes[0]);
-  std::vector<int32_t> unsure(d.hw);
-  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
-    const int64_t oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
-    const float mc = move[c], ms = move[c + d.c];
-    float *cosine = out + oc, *sine = out + os;  // the output planes hold cos and sin first
-    sincos_rounded(theta + o, sine, cosine, unsure.data(), d.hw);
-    for (int64_t i = 0; i < d.hw; ++i) {
-      const float vc = x[o + i] * cosine[i] + mc, vs = x[o + i] * sine[i] + ms;
-      cosine[i] = vc;
-      sine[i] = vs;
-      quantized[oc + i] = binarize(vc);
-      quantized[os + i] = binarize(vs);
-    }
-  });
-  return 0;
-}
-
 // XNOR weights from the per-(out, kh, kw) mean of |W| over input channels, which
 // MindSpore's ReduceMean computes (its summation order is its own): sign(W) * mean.
 int SignScale(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
@@ -259,41 +241,6 @@ int WaveMix(int, void **params, int *, int64_t **shapes, const char **, void *, 
   return 0;
 }
 
-// A grouped 1xK or Kx1 convolution, stride 1, zero padding (K - 1) / 2 on both sides, with
-// weights (C, G, kh, kw) for C groups of G input channels each. Each output sums its
-// products input channel by input channel, taps in order, from 0: the order of oneDNN's
-// kernel for these layers (checked by the tests), which matters for float rounding.
-int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  const float *x = static_cast<const float *>(params[0]), *weight = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t n = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-  const int64_t c = shapes[1][0], group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
-  const bool horizontal = kh == 1;
-  const int64_t taps = horizontal ? kw : kh, half = (taps - 1) / 2;
-  for (int64_t b = 0; b < n; ++b)
-    for (int64_t ch = 0; ch < c; ++ch) {
-      float *out = y + (b * c + ch) * h * w;
-      std::fill(out, out + h * w, 0.0f);
-      for (int64_t i = 0; i < group; ++i) {
-        const float *in = x + (b * cin + ch * group + i) * h * w;
-        for (int64_t t = 0; t < taps; ++t) {
-          const float wt = weight[(ch * group + i) * taps + t];
-          const int64_t shift = t - half;
-          if (horizontal) {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
-            for (int64_t r = 0; r < h; ++r)
-              for (int64_t col = from; col < to; ++col) out[r * w + col] = out[r * w + col] + in[r * w + col + shift] * wt;
-          } else {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
-            for (int64_t r = from; r < to; ++r)
-              for (int64_t col = 0; col < w; ++col) out[r * w + col] = out[r * w + col] + in[(r + shift) * w + col] * wt;
-          }
-        }
-      }
-    }
-  return 0;
-}
-
 // Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for stride-2 max-pools of kernel 2, 3, 5
 // and 7 with MindSpore's "same" padding (output ceil(H / 2); the extra padded row and column
 // at the bottom and right). A max does not depend on order, so this is exact.
@@ -333,6 +280,88 @@ int Pool4(int, void **params, int *, int64_t **shapes, const char **, void *, vo
     }
     for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] / 4.0f;
   }
+  return 0;
+}
+
+// The WaveBlock's 1xK / Kx1 branch in one pass per plane:
+// act(bn(conv(rint(clip(m + move)))) + (m + move)), with depthwise weights (C, 1, kh, kw).
+int LineBranch(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *m = static_cast<const float *>(params[0]), *move = static_cast<const float *>(params[1]);
+  const float *weight = static_cast<const float *>(params[2]);
+  BnActParams k = bn_act_from(params, 3);
+  float *y = static_cast<float *>(params[10]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t h = shapes[0][2], w = shapes[0][3], kh = shapes[2][2], kw = shapes[2][3];
+  std::vector<float> quantized(d.hw);
+  for_each_plane(d, [&](int64_t, int64_t c, int64_t o) {
+    const float b = move[c];
+    for (int64_t i = 0; i < d.hw; ++i) quantized[i] = binarize(m[o + i] + b);
+    float *out = y + o;
+    std::fill(out, out + d.hw, 0.0f);
+    line_conv_plane(quantized.data(), weight + c * kh * kw, kh * kw, kh == 1, h, w, out);
+    const auto ch = k.at(c);
+    for (int64_t i = 0; i < d.hw; ++i) out[i] = ch(out[i], m[o + i] + b);
+  });
+  return 0;
+}
+
+// PATM's token mixing along one axis in one pass per output plane, from x and theta:
+// p = concat(x cos(theta), x sin(theta)) + move (2C channels, not materialized), then
+// act(bn(conv(rint(clip(p)))) + (p[2g] + p[2g + 1]) / 2) with weights (C, 2, kh, kw).
+int PhaseBranch(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *theta = static_cast<const float *>(params[1]);
+  const float *move = static_cast<const float *>(params[2]), *weight = static_cast<const float *>(params[3]);
+  BnActParams k = bn_act_from(params, 4);
+  float *y = static_cast<float *>(params[11]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t h = shapes[0][2], w = shapes[0][3], kh = shapes[3][2], kw = shapes[3][3], taps = kh * kw;
+  std::vector<float> sine(d.c * d.hw), cosine(d.c * d.hw), plane(2 * d.hw), quantized(d.hw);
+  std::vector<int32_t> unsure(d.c * d.hw);
+  for (int64_t n = 0; n < d.n; ++n) {
+    const float *xs = x + n * d.c * d.hw;
+    sincos_rounded(theta + n * d.c * d.hw, sine.data(), cosine.data(), unsure.data(), d.c * d.hw);
+    for (int64_t g = 0; g < d.c; ++g) {
+      float *out = y + (n * d.c + g) * d.hw;
+      std::fill(out, out + d.hw, 0.0f);
+      for (int64_t i = 0; i < 2; ++i) {
+        const int64_t j = 2 * g + i, source = j < d.c ? j : j - d.c;
+        const float *trig = (j < d.c ? cosine.data() : sine.data()) + source * d.hw;
+        const float *in = xs + source * d.hw;
+        const float b = move[j];
+        float *p = plane.data() + i * d.hw;
+        for (int64_t q = 0; q < d.hw; ++q) {
+          p[q] = in[q] * trig[q] + b;
+          quantized[q] = binarize(p[q]);
+        }
+        line_conv_plane(quantized.data(), weight + (g * 2 + i) * taps, taps, kh == 1, h, w, out);
+      }
+      const auto ch = k.at(g);
+      for (int64_t q = 0; q < d.hw; ++q) out[q] = ch(out[q], (plane[q] + plane[d.hw + q]) / 2.0f);
+    }
+  }
+  return 0;
+}
+
+// Mlp's first half and the binarized input of its second FC: h = act2(bn1(a) + act1(bn0(x
+// tiled to C channels))), where x has C / r channels and the tile repeats the whole channel
+// block r times; and rint(clip(h + move)).
+int BnActTiledBinarize(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]);
+  BnActParams shortcut = bn_act_from(params, 2), k = bn_act_from(params, 9);
+  const float *move = static_cast<const float *>(params[16]);
+  float *y = static_cast<float *>(params[17]), *yq = static_cast<float *>(params[18]);
+  Dims d = dims_of(shapes[0]);
+  const int64_t cin = shapes[1][1];
+  for_each_plane(d, [&](int64_t n, int64_t c, int64_t o) {
+    const auto ch = k.at(c), sc = shortcut.at(c);
+    const float *xs = x + (n * cin + c % cin) * d.hw;
+    const float b = move[c];
+    for (int64_t i = 0; i < d.hw; ++i) {
+      const float v = ch(a[o + i], sc(xs[i]));
+      y[o + i] = v;
+      yq[o + i] = binarize(v + b);
+    }
+  });
   return 0;
 }
 

@@ -198,25 +198,22 @@ class QuanConv(nn.Cell):
                                    pad_mode="pad", pad=self.padding, stride=stride, group=group)
         self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
         self.xnor_weight = quan_name_w == "xnor" and nbit_w == 1
-        # The grouped 1xK / Kx1 layers of BiMLP, which fused_cpu.cc's LineConv computes.
-        self.centered_line = (group == out_channels and stride == 1 and 1 in (kh, kw) and kh * kw > 1
-                              and self.padding == ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2))
 
     def construct(self, x):
         return self.conv(self.quantize_input(x), self.quantize_weight(self.weight))
 
-    def conv_quantized(self, xq, kernels):
-        """The convolution of an input already quantized by a fused kernel (src/fused.py)."""
+    def fused_weight(self, kernels):
+        """The quantized weights, computed with the fused kernels of src/fused.py."""
         if not self.xnor_weight:
-            weight = self.quantize_weight(self.weight)
-        elif self.in_channels == self.group:
+            return self.quantize_weight(self.weight)
+        if self.in_channels == self.group:
             # One input channel per group: mean(|W|) over it is |W|, so sign(W) * |W| == W.
-            weight = self.weight
-        else:
-            weight = kernels.sign_scale(self.weight, self.quantize_weight.mean(ops.abs(self.weight), 1))
-        if self.centered_line:
-            return kernels.line_conv(xq, weight)
-        return self.conv(xq, weight)
+            return self.weight
+        return kernels.sign_scale(self.weight, self.quantize_weight.mean(ops.abs(self.weight), 1))
+
+    def conv_quantized(self, xq, kernels):
+        """The convolution of an input already quantized by a fused kernel."""
+        return self.conv(xq, self.fused_weight(kernels))
 
     def quantized_weight(self):
         """The weights the convolution actually uses, as a numpy array."""

@@ -183,10 +183,10 @@ class Mlp(nn.Cell):
     def construct_fused(self, x):
         k = self.kernels
         a = self.fc1.conv_quantized(k.move_binarize(x, self.move1.bias), k)
-        h = k.bn_act_tiled(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
-                           *fused_kernels.bn_act_params(self.norm1, self.act2))
-        a = self.fc2.conv_quantized(k.move_binarize(h, self.move2.bias), k)
-        return k.bn_act_group_mean(a, h, *fused_kernels.bn_act_params(self.norm2, self.act3))
+        h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
+                                         *fused_kernels.bn_act_params(self.norm1, self.act2), self.move2.bias)
+        return k.bn_act_group_mean(self.fc2.conv_quantized(h_q, k), h,
+                                   *fused_kernels.bn_act_params(self.norm2, self.act3))
 
 
 def residual_fc(move, conv, bn, act, x):
@@ -273,12 +273,10 @@ class PATM(nn.Cell):
         theta_w = fused_residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
         xh = fused_residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
         xw = fused_residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        xh, xh_q = k.phase_concat(xh, theta_h, self.move_tfch.bias)
-        xw, xw_q = k.phase_concat(xw, theta_w, self.move_tfcw.bias)
-        h = k.bn_act_group_mean(self.tfc_h.conv_quantized(xh_q, k), xh,
-                                *fused_kernels.bn_act_params(self.norm_h, self.act_h))
-        w = k.bn_act_group_mean(self.tfc_w.conv_quantized(xw_q, k), xw,
-                                *fused_kernels.bn_act_params(self.norm_w, self.act_w))
+        h = k.phase_branch(xh, theta_h, self.move_tfch.bias, self.tfc_h.fused_weight(k),
+                           *fused_kernels.bn_act_params(self.norm_h, self.act_h))
+        w = k.phase_branch(xw, theta_w, self.move_tfcw.bias, self.tfc_w.fused_weight(k),
+                           *fused_kernels.bn_act_params(self.norm_w, self.act_w))
         c = fused_residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
         a = self.reweight(ACCURATE_POOL(k.sum4(h, w, c, u))).reshape(batch, self.dim, 3).transpose(2, 0, 1)
         x = k.mix3(h, w, c, u, ops.softmax(a, axis=0))
@@ -338,8 +336,10 @@ class WaveBlock(nn.Cell):
         x = x + self.attn(self.norm1(x))
         m = self.norm2(x)
         a = self.mlp(m)
-        b = fused_residual_fc(k, self.move_h, self.sfc_h, self.norm_h, self.act1, m)
-        c = fused_residual_fc(k, self.move_w, self.sfc_w, self.norm_w, self.act2, m)
+        b = k.line_branch(m, self.move_h.bias, self.sfc_h.fused_weight(k),
+                          *fused_kernels.bn_act_params(self.norm_h, self.act1))
+        c = k.line_branch(m, self.move_w.bias, self.sfc_w.fused_weight(k),
+                          *fused_kernels.bn_act_params(self.norm_w, self.act2))
         return k.wave_mix(x, a, b, c, self.weight)
 
 

@@ -64,17 +64,36 @@ def test_batch_norm_and_rprelu_with_each_shortcut():
         np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy(), err_msg=name)
 
 
-def test_tiled_shortcut_of_the_channel_mlp():
+def test_tiled_shortcut_of_the_channel_mlp_and_its_binarized_output():
     k = fused.Kernels()
     bn0, act1 = bn_and_act(8, 1)
     bn1, act2 = bn_and_act(8, 2)
-    a, x = data((2, 8, 4, 3), 3), data((2, 2, 4, 3), 4)
+    a, x, move = data((2, 8, 4, 3), 3), data((2, 2, 4, 3), 4), data((1, 8, 1, 1), 5, 0.5)
     expected = act2(bn1(a) + act1(bn0(ops.tile(x, (1, 4, 1, 1)))))
-    got = k.bn_act_tiled(a, x, *fused.bn_act_params(bn0, act1), *fused.bn_act_params(bn1, act2))
-    np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+    h, h_q = k.bn_act_tiled_binarize(a, x, *fused.bn_act_params(bn0, act1), *fused.bn_act_params(bn1, act2), move)
+    np.testing.assert_array_equal(h.asnumpy(), expected.asnumpy())
+    np.testing.assert_array_equal(h_q.asnumpy(), RoundClip(1)(expected + move).asnumpy())
 
 
-def test_phase_concat_matches_mindspore_cos_and_sin():
+def line_layer(channels, per_group, kernel, seed):
+    layer = QuanConv(channels * per_group, channels, kernel, group=channels,
+                     padding=(3, 3, 0, 0) if kernel[0] == 7 else (0, 0, 3, 3))
+    randomize(layer, seed)
+    return layer
+
+
+def reference_phase_branch(x, theta, move, layer, bn, act):
+    """PATM's unfused token-mixing branch (tfc_h or tfc_w) from x and theta."""
+    p = ops.concat((x * ops.cos(theta), x * ops.sin(theta)), 1) + move
+    return act(bn(layer(p)) + (p[:, 0::2] + p[:, 1::2]) / 2.0)
+
+
+def phase_branch(x, theta, move, layer, bn, act):
+    k = fused.Kernels()
+    return k.phase_branch(x, theta, move, layer.fused_weight(k), *fused.bn_act_params(bn, act))
+
+
+def test_phase_branch_agrees_with_mindspore_cos_and_sin_everywhere():
     # MindSpore's Cos/Sin are the double-precision functions rounded to float32; the kernel's
     # fast path must agree everywhere: typical angles, huge ones (glibc fallback), angles next
     # to multiples of pi/2 (tiny results), tiny angles, and exact zeros.
@@ -84,12 +103,29 @@ def test_phase_concat_matches_mindspore_cos_and_sin():
                              rng.uniform(-1e6, 1e6, 1000), near, -near, rng.standard_normal(2000) * 1e-6,
                              np.zeros(10)])
     angles = np.concatenate([angles, rng.standard_normal(48000 - angles.size)])
-    theta = Tensor(angles.astype(np.float32).reshape(2, 4, 60, 100))
-    x, move = data((2, 4, 60, 100), 1), data((1, 8, 1, 1), 2, 0.3)
-    out, quantized = fused.Kernels().phase_concat(x, theta, move)
-    expected = (ops.concat((x * ops.cos(theta), x * ops.sin(theta)), 1) + move).asnumpy()
-    np.testing.assert_array_equal(out.asnumpy(), expected)
-    np.testing.assert_array_equal(quantized.asnumpy(), RoundClip(1)(Tensor(expected)).asnumpy())
+    theta = Tensor(angles.astype(np.float32).reshape(2, 6, 40, 100))
+    x, move = data((2, 6, 40, 100), 1), data((1, 12, 1, 1), 2, 0.3)
+    layer, (bn, act) = line_layer(6, 2, (1, 7), 3), bn_and_act(6, 4)
+    np.testing.assert_array_equal(phase_branch(x, theta, move, layer, bn, act).asnumpy(),
+                                  reference_phase_branch(x, theta, move, layer, bn, act).asnumpy())
+
+
+@pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
+@pytest.mark.parametrize("size", [(56, 56), (14, 14), (7, 7), (2, 2), (1, 1)])
+def test_line_and_phase_branches_sum_like_the_layers_convolution(kernel, size):
+    """On binarized inputs the products are exact and only the order of the sums decides the
+    result: it must be the order of oneDNN's grouped convolution, at every map size."""
+    channels = 64 if size[0] > 2 else 8
+    m, theta = data((2, channels, *size), 0), data((2, channels, *size), 1, 3.0)
+    move, move2 = data((1, channels, 1, 1), 2, 0.5), data((1, 2 * channels, 1, 1), 3, 0.5)
+    bn, act = bn_and_act(channels, 4)
+    layer = line_layer(channels, 1, kernel, 5)
+    k = fused.Kernels()
+    got = k.line_branch(m, move, layer.fused_weight(k), *fused.bn_act_params(bn, act))
+    np.testing.assert_array_equal(got.asnumpy(), act(bn(layer(m + move)) + (m + move)).asnumpy())
+    layer = line_layer(channels, 2, kernel, 6)
+    np.testing.assert_array_equal(phase_branch(m, theta, move2, layer, bn, act).asnumpy(),
+                                  reference_phase_branch(m, theta, move2, layer, bn, act).asnumpy())
 
 
 def test_move_binarize_and_xnor_weights():
@@ -102,21 +138,6 @@ def test_move_binarize_and_xnor_weights():
     w = Tensor(w)
     mean = ops.ReduceMean(keep_dims=True)(ops.abs(w), 1)
     np.testing.assert_array_equal(k.sign_scale(w, mean).asnumpy(), XnorWeight()(w).asnumpy())
-
-
-@pytest.mark.parametrize("per_group", [1, 2])
-@pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
-@pytest.mark.parametrize("size", [(56, 56), (14, 14), (7, 7), (2, 2), (1, 1)])
-def test_line_conv_sums_in_onednn_order(per_group, kernel, size):
-    """On binarized inputs (what the fused path feeds it) the products are exact and only the
-    order of the sums decides the result: it must be the order of the layers' own convolution."""
-    channels = 64 if size[0] > 2 else 8
-    layer = QuanConv(channels * per_group, channels, kernel, padding=(3, 3, 0, 0) if kernel[0] == 7 else (0, 0, 3, 3),
-                     group=channels)
-    xq = Tensor(np.random.RandomState(0).randint(-1, 2, (2, channels * per_group, *size)).astype(np.float32))
-    weight = layer.quantize_weight(layer.weight)
-    assert layer.centered_line
-    np.testing.assert_array_equal(fused.Kernels().line_conv(xq, weight).asnumpy(), layer.conv(xq, weight).asnumpy())
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 7), (6, 9), (2, 2), (1, 1)])
