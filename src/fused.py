@@ -124,6 +124,7 @@ class Kernels(nn.Cell):
         self.mix3 = _kernel("Mix3")
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
+        self.group_norm = _kernel("GroupNorm1")
 
 
 def bn_act_params(bn, act):

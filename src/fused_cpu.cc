@@ -365,4 +365,33 @@ int BnActTiledBinarize(int, void **params, int *, int64_t **shapes, const char *
   return 0;
 }
 
+// GroupNorm(1, C), i.e. over each sample's C x H x W values, as MindSpore's CPU kernel
+// computes it: sums in double in order, rstd = sqrt(1 / (var + eps)), and the output
+// ((x - mean) * rstd) * gamma + beta in double, rounded to float32 (checked by the tests).
+int GroupNorm1(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t n = shapes[0][0], c = shapes[0][1], hw = shapes[0][2] * shapes[0][3], size = c * hw;
+  for (int64_t b = 0; b < n; ++b) {
+    const float *in = x + b * size;
+    double sum = 0.0, sum_square = 0.0;
+    for (int64_t i = 0; i < size; ++i) {
+      const double v = in[i];
+      sum += v;
+      sum_square += v * v;
+    }
+    const double mean = sum / static_cast<double>(size);
+    const double rstd = std::sqrt(1.0 / ((sum_square / static_cast<double>(size) - mean * mean) +
+                                         static_cast<double>(kEps)));
+    float *out = y + b * size;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double g = gamma[ch], bt = beta[ch];
+      for (int64_t i = ch * hw; i < (ch + 1) * hw; ++i)
+        out[i] = static_cast<float>((static_cast<double>(in[i]) - mean) * rstd * g + bt);
+    }
+  }
+  return 0;
+}
+
 }  // extern "C"

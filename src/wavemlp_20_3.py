@@ -319,6 +319,7 @@ class WaveBlock(nn.Cell):
         self.drop_path = DropPath(drop_path)
         self.kernels = None
         self.fusable = True
+        self.group_norm = isinstance(self.norm1, nn.GroupNorm)  # GroupNorm(1, C) of NORM_LAYERS
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
@@ -333,14 +334,19 @@ class WaveBlock(nn.Cell):
 
     def construct_fused(self, x):
         k = self.kernels
-        x = x + self.attn(self.norm1(x))
-        m = self.norm2(x)
+        x = x + self.attn(self.fused_norm(self.norm1, x))
+        m = self.fused_norm(self.norm2, x)
         a = self.mlp(m)
         b = k.line_branch(m, self.move_h.bias, self.sfc_h.fused_weight(k),
                           *fused_kernels.bn_act_params(self.norm_h, self.act1))
         c = k.line_branch(m, self.move_w.bias, self.sfc_w.fused_weight(k),
                           *fused_kernels.bn_act_params(self.norm_w, self.act2))
         return k.wave_mix(x, a, b, c, self.weight)
+
+    def fused_norm(self, norm, x):
+        if self.group_norm:
+            return self.kernels.group_norm(x, norm.gamma, norm.beta)
+        return norm(x)
 
 
 class PatchEmbed(nn.Cell):
@@ -382,7 +388,7 @@ class Downsample(nn.Cell):
             if self.batch_norm:
                 x = self.kernels.bn_act(self.proj(x), *fused_kernels.bn_act_params(self.norm, self.act))
             else:
-                x = self.act(self.norm(self.proj(x)))
+                x = self.act(self.kernels.group_norm(self.proj(x), self.norm.gamma, self.norm.beta))
             return self.kernels.pool4(x)
         x = self.act(self.norm(self.proj(x)))
         return (((self.pool2(x) + self.pool3(x)) + self.pool5(x)) + self.pool7(x)) / 4.0

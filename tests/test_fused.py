@@ -140,6 +140,14 @@ def test_move_binarize_and_xnor_weights():
     np.testing.assert_array_equal(k.sign_scale(w, mean).asnumpy(), XnorWeight()(w).asnumpy())
 
 
+@pytest.mark.parametrize("shape", [(2, 64, 28, 28), (3, 320, 14, 14), (1, 512, 7, 7), (4, 5, 3, 2)])
+def test_group_norm_is_mindspores(shape):
+    gn = nn.GroupNorm(1, shape[1], eps=1e-5)
+    randomize(gn, 1)
+    x = data(shape, 2, 2.0) + 0.7
+    np.testing.assert_array_equal(fused.Kernels().group_norm(x, gn.gamma, gn.beta).asnumpy(), gn(x).asnumpy())
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 7), (6, 9), (2, 2), (1, 1)])
 def test_pool4_is_downsample_pooling(size):
     x = data((2, 3, *size), 0)
