@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = {"upstream": "#bbbbbb", "fast": "#9ecae1", "fused": "#1f77b4", "float": "#ff7f0e"}
 LABELS = {"upstream": "upstream-style (fast=False)", "fast": "fast=True, fused=False",
-          "fused": "fast + fused kernels (default)", "float": "float twin"}
+          "fused": "fast + fused kernels (eval.py default)", "float": "float twin"}
 
 
 def grouped_bars(ax, rows, value, ylabel, title):
