@@ -49,6 +49,12 @@ def setup_device(platform, device_id=0, mode="graph"):
                             f"{ms.get_context('device_target')} ({err})") from None
 
 
+def cache_dir():
+    """Where the package keeps derived files (decompressed data, compiled kernels)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bimlp")
+
+
 def default_device_id():
     value = os.environ.get("DEVICE_ID", "0")
     if not value.isdigit():

@@ -24,7 +24,7 @@ import mindspore.dataset as ds
 import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 
-from src.context import UserError
+from src.context import UserError, cache_dir
 
 DATASETS = ("imagenet", "imagefolder", "fashion_mnist")
 SPLITS = ("train", "val")
@@ -253,7 +253,7 @@ def fashion_mnist_folder(path=FASHION_MNIST_DIR):
                         f"or pass the folder that holds them")
     if all(not source.endswith(".gz") for source in sources.values()):
         return path
-    cache = os.path.join(_cache_root(), "fashion-mnist", _fingerprint(sources.values()))
+    cache = os.path.join(cache_dir(), "fashion-mnist", _fingerprint(sources.values()))
     for name, source in sources.items():
         target = os.path.join(cache, name)
         if not os.path.isfile(target):
@@ -266,11 +266,6 @@ def _idx_source(path, name):
         if os.path.isfile(candidate):
             return candidate
     return None
-
-
-def _cache_root():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bimlp")
 
 
 def _fingerprint(files):

@@ -17,6 +17,8 @@ import warnings
 
 from mindspore import nn, ops
 
+from src.context import cache_dir
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_cpu.cc")
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
@@ -24,11 +26,6 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC"]
 
 _library = {}
-
-
-def _cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "bimlp")
 
 
 def _cpu_model():
@@ -52,24 +49,35 @@ def library_path():
         # -march=native: the cache (maybe a shared home directory) holds one build per CPU model.
         key = f.read() + " ".join([compiler, *FLAGS, _cpu_model()]).encode()
     digest = hashlib.sha1(key).hexdigest()[:12]
-    target = os.path.join(_cache_dir(), f"fused_cpu_{digest}.so")
+    target = os.path.join(cache_dir(), f"fused_cpu_{digest}.so")
     if not os.path.isfile(target):
-        os.makedirs(_cache_dir(), exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
-        os.close(fd)
-        try:
-            result = subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], capture_output=True, text=True)
-            error = result.stderr.strip() if result.returncode else None
-        except OSError as err:
-            error = str(err)
+        error = _compile(compiler, target)
         if error is not None:
-            os.unlink(temp)
             warnings.warn(f"compiling {SOURCE} with {compiler} failed, BiMLP runs without its fused CPU "
                           f"kernels:\n{error}")
             return None
-        os.replace(temp, target)  # atomic: a concurrent process sees the old state or the whole file
     _library["path"] = target
     return target
+
+
+def _compile(compiler, target):
+    """Build the library at target; the error text if that fails, else None."""
+    temp = None
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, temp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
+        os.close(fd)
+        result = subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], capture_output=True, text=True)
+        if result.returncode:
+            return result.stderr.strip()
+        os.replace(temp, target)  # atomic: a concurrent process sees no library or the whole one
+        temp = None
+        return None
+    except OSError as err:  # no such compiler, or an unwritable cache directory
+        return str(err)
+    finally:
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)
 
 
 def available():

@@ -440,7 +440,8 @@ class BiMLP(nn.Cell):
         if fused and not binary:
             raise ValueError("the fused kernels binarize activations: use fused=False for the float twin")
         if fused and not fused_kernels.available():
-            raise ValueError("fused=True needs MindSpore on CPU and a C++ compiler for src/fused_cpu.cc")
+            raise ValueError("fused=True needs MindSpore on CPU and src/fused_cpu.cc built: a C++ compiler "
+                             "and a writable cache directory (see the warning above)")
         self.fused = bool(fused)
         if self.fused:
             kernels = fused_kernels.Kernels()

@@ -195,10 +195,15 @@ def test_float_twin_and_other_platforms_do_not_fuse():
     assert create_model("BiMLP_T", fused=None).fused  # auto: CPU with a compiler
 
 
-def test_without_a_compiler_the_network_runs_unfused(monkeypatch, tmp_path):
+@pytest.mark.parametrize("broken", ["no compiler", "unwritable cache"])
+def test_without_a_library_the_network_runs_unfused(monkeypatch, tmp_path, broken):
     monkeypatch.setattr(fused, "_library", {})
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    if broken == "no compiler":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    else:
+        (tmp_path / "file").write_text("a file where the cache directory should be")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert fused.library_path() is None
