@@ -359,12 +359,20 @@ class PatchEmbed(nn.Cell):
         self.norm = norm_layer(dim)
         self.act = RPReLU(dim, fast)
         self.kernels = None
-        self.fusable = isinstance(self.norm, nn.BatchNorm2d)
+        self.fusable = True
+        self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
-            return self.kernels.bn_act(self.proj(x), *fused_kernels.bn_act_params(self.norm, self.act))
+            return fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
         return self.act(self.norm(self.proj(x)))
+
+
+def fused_norm_act(kernels, batch_norm, norm, act, x):
+    """act(norm(x)) with the fused kernels: one pass for batch norm, GroupNorm1 then act otherwise."""
+    if batch_norm:
+        return kernels.bn_act(x, *fused_kernels.bn_act_params(norm, act))
+    return act(kernels.group_norm(x, norm.gamma, norm.beta))
 
 
 class Downsample(nn.Cell):
@@ -385,10 +393,7 @@ class Downsample(nn.Cell):
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
-            if self.batch_norm:
-                x = self.kernels.bn_act(self.proj(x), *fused_kernels.bn_act_params(self.norm, self.act))
-            else:
-                x = self.act(self.kernels.group_norm(self.proj(x), self.norm.gamma, self.norm.beta))
+            x = fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
             return self.kernels.pool4(x)
         x = self.act(self.norm(self.proj(x)))
         return (((self.pool2(x) + self.pool3(x)) + self.pool5(x)) + self.pool7(x)) / 4.0
