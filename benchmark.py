@@ -5,7 +5,7 @@ Every configuration runs in a fresh subprocess, so its peak RSS is its own
 machine's conditions; compare within a run, and look at the load in the header.
 
     python benchmark.py                       # everything (~1 hour on 2 cores)
-    python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T training, data (~10 min)
+    python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T/T14 training, data
     python benchmark.py --only eval --models BiMLP_S --batches 1,8 --paths fast,upstream
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
@@ -42,6 +42,7 @@ BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
+SMALL_MODELS = ("BiMLP_T", "BiMLP_T14")  # trained at 28x28, batch 128
 
 
 def parse_args(argv=None):
@@ -52,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
     parser.add_argument("--paths", default="upstream,fast,fused,float",
                         help="eval paths (default: upstream,fast,fused,float)")
-    parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S train batch at 224 (default: 8)")
+    parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
+                        help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
+    parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
                         help="time each config for at least this long after warm-up (default: 20)")
@@ -66,6 +69,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
+        args.train_models = ",".join(m for m in args.train_models.split(",") if m in SMALL_MODELS)
     return args
 
 
@@ -78,12 +82,11 @@ def configs(args):
                 for path in args.paths.split(","):
                     out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
     if "train" in parts:
-        for path in ("upstream", "fast", "float"):
-            out.append({"kind": "train", "model": "BiMLP_T", "batch": 128, "size": 28, "path": path})
-        if not args.quick:
+        for model in args.train_models.split(","):
+            small = model in SMALL_MODELS
             for path in ("upstream", "fast", "float"):
-                out.append({"kind": "train", "model": "BiMLP_S", "batch": args.train_batch_224, "size": 224,
-                            "path": path})
+                out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
+                            "size": 28 if small else 224, "path": path})
     if "data" in parts:
         out.append({"kind": "data", "images": args.data_images, "batch": EVAL_BATCH_DEFAULT, "size": 224})
     for cfg in out:
@@ -152,7 +155,7 @@ def run_train(cfg):
     from mindspore import nn
 
     net = build(cfg)
-    channels = 1 if cfg["model"] == "BiMLP_T" else 3
+    channels = net.patch_embed.proj.weight.shape[1]
     classes = net.num_classes
     loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-3, weight_decay=0.05)

@@ -1,7 +1,8 @@
 """Evaluate a BiMLP checkpoint: top-1 / top-5 accuracy on ImageNet val, an ImageNet-layout folder or Fashion-MNIST.
 
     python eval.py --dataset_path /data/imagenet/val --checkpoint_path BiMLP_M.ckpt --checkpoint_nm BiMLP_M
-    python eval.py        # the committed BiMLP_T checkpoint on the Fashion-MNIST test set
+    python eval.py        # the committed BiMLP_T14 checkpoint on the Fashion-MNIST test set
+    python eval.py --checkpoint_nm BiMLP_T    # the committed BiMLP_T checkpoint
 
 Ends with the upstream-style line
     result: {'acc': <top-1>, 'top5': <top-5>, 'num_samples': <images>} ckpt= <path>
@@ -15,11 +16,13 @@ from src.config import parse_bool
 from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_device
 from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
 from src.evaluation import evaluate
-from src.wavemlp_20_3 import create_model
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CHECKPOINT = os.path.join(ROOT, "checkpoints", "BiMLP_T_fashion_mnist.ckpt")
-MODEL_NAMES = ("BiMLP_S", "BiMLP_M", "BiMLP_T")
+# The committed Fashion-MNIST checkpoints: used when --checkpoint_path is not given.
+DEFAULT_CHECKPOINTS = {name: os.path.join(ROOT, "checkpoints", f"{name}_fashion_mnist.ckpt")
+                       for name in ("BiMLP_T", "BiMLP_T14")}
+DEFAULT_MODEL = "BiMLP_T14"
 # BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
 MIN_IMAGE_SIZE = 16
 
@@ -29,10 +32,10 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_path", help="folder with one sub-folder per class (ImageNet val layout), "
                         f"or the Fashion-MNIST folder (default for fashion_mnist: {FASHION_MNIST_DIR})")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="default: CPU")
-    parser.add_argument("--checkpoint_path", help="checkpoint file (default for BiMLP_T: "
-                        "checkpoints/BiMLP_T_fashion_mnist.ckpt)")
-    parser.add_argument("--checkpoint_nm", default="BiMLP_T", choices=MODEL_NAMES,
-                        help="network variant of the checkpoint (default: BiMLP_T)")
+    parser.add_argument("--checkpoint_path", help="checkpoint file (default for BiMLP_T and BiMLP_T14: "
+                        "the committed checkpoints/<variant>_fashion_mnist.ckpt)")
+    parser.add_argument("--checkpoint_nm", default=DEFAULT_MODEL, choices=sorted(MODELS),
+                        help=f"network variant of the checkpoint (default: {DEFAULT_MODEL})")
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false evaluates a float-twin checkpoint (train.py --binary false); "
                         "both have the same parameter names, so this cannot be told from the file (default: true)")
@@ -41,7 +44,7 @@ def parse_args(argv=None):
                              "src/fused_cpu.cc (same logits, faster); default: on CPU when a C++ compiler "
                              "is available")
     parser.add_argument("--dataset", choices=DATASETS,
-                        help="default: fashion_mnist for BiMLP_T, imagenet otherwise")
+                        help="default: fashion_mnist for BiMLP_T/T14, imagenet for BiMLP_S/M")
     parser.add_argument("--image_size", type=int, help="default: 224 (imagenet, imagefolder), 28 (fashion_mnist)")
     parser.add_argument("--num_classes", type=int,
                         help="default: 1000 (imagenet), 10 (fashion_mnist), number of class folders (imagefolder)")
@@ -53,14 +56,15 @@ def parse_args(argv=None):
 
 def resolve(args):
     """Fill in the defaults that depend on other flags; reject bad values before any heavy work."""
-    args.dataset = args.dataset or ("fashion_mnist" if args.checkpoint_nm == "BiMLP_T" else "imagenet")
+    args.dataset = args.dataset or DATASET_OF_MODEL[args.checkpoint_nm]
     if args.checkpoint_path is None:
-        if args.checkpoint_nm != "BiMLP_T":
+        default = DEFAULT_CHECKPOINTS.get(args.checkpoint_nm)
+        if default is None:
             raise UserError(f"--checkpoint_path is required for {args.checkpoint_nm}")
-        if not os.path.isfile(DEFAULT_CHECKPOINT):
-            raise UserError(f"the default Fashion-MNIST checkpoint {DEFAULT_CHECKPOINT} does not exist yet: "
+        if not os.path.isfile(default):
+            raise UserError(f"the default Fashion-MNIST checkpoint {default} does not exist yet: "
                             f"train one with train.py, or pass --checkpoint_path")
-        args.checkpoint_path = DEFAULT_CHECKPOINT
+        args.checkpoint_path = default
     if not os.path.isfile(args.checkpoint_path):
         raise UserError(f"checkpoint not found: {args.checkpoint_path}")
     if args.dataset_path is None:
@@ -97,8 +101,8 @@ def build_network(args):
     data_channels = 1 if args.dataset == "fashion_mnist" else 3
     if model_channels != data_channels:
         raise UserError(f"{args.checkpoint_nm} takes {model_channels}-channel images but {args.dataset} gives "
-                        f"{data_channels}-channel ones: use BiMLP_T with fashion_mnist, BiMLP_S/BiMLP_M "
-                        f"with imagenet or imagefolder")
+                        f"{data_channels}-channel ones: use BiMLP_T/BiMLP_T14 with fashion_mnist, "
+                        f"BiMLP_S/BiMLP_M with imagenet or imagefolder")
     net.set_train(False)
     return net
 

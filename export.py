@@ -29,11 +29,10 @@ import src.wavemlp_20_3 as wavemlp
 from src.checkpoint import load_weights
 from src.context import UserError, default_device_id, run_cli, setup_device
 from src.quan_conv import Identity, QuanConv
-from src.wavemlp_20_3 import MODELS, create_model
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
-DEFAULT_IMAGE_SIZE = {"BiMLP_T": 28}
 UNSUPPORTED_OPERATOR = re.compile(r"Can not find key (\w+) in convert map")
 
 
@@ -44,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS)
     parser.add_argument("--batch_size", type=int, default=1, help="fixed batch size of the exported graph")
     parser.add_argument("--image_size", type=int, default=None,
-                        help="input height = width (default 224; 28 for BiMLP_T)")
+                        help="input height = width (default: 224 for BiMLP_S/M, 28 for BiMLP_T/T14)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
     parser.add_argument("--file_name", default=None,
                         help="output path without extension (default: the variant, lower case)")
@@ -191,7 +190,7 @@ def main(argv=None):
     # The fast path's BiasAdd exports to ONNX as an Add that broadcasts over the wrong axis.
     net = build_network(args.checkpoint_nm, args.checkpoint_path, args.num_classes,
                         fast=args.file_format != "ONNX")
-    size = args.image_size or DEFAULT_IMAGE_SIZE.get(args.checkpoint_nm, 224)
+    size = args.image_size or DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[args.checkpoint_nm]]
     inputs = Tensor(np.zeros((args.batch_size, net.patch_embed.proj.in_channels, size, size), np.float32))
     path = export_network(net, inputs, args.file_name or args.checkpoint_nm.lower(), args.file_format)
     print(f"exported {args.checkpoint_nm} ({args.batch_size}x{inputs.shape[1]}x{size}x{size} -> "

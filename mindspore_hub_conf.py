@@ -9,7 +9,7 @@ _CANONICAL = {name.lower(): name for name in MODELS}
 
 
 def create_network(name, **kwargs):
-    """BiMLP_S, BiMLP_M or BiMLP_T (any letter case); kwargs go to the model (num_classes, binary, ...)."""
+    """A name of src.wavemlp_20_3.MODELS (any letter case); kwargs go to the model (num_classes, binary, ...)."""
     canonical = _CANONICAL.get(str(name).lower())
     if canonical is None:
         raise ValueError(f"unsupported network {name!r}; available: {', '.join(sorted(MODELS))}")

@@ -5,9 +5,9 @@
     python predict.py --image shirts/ --checkpoint_path bimlp_t.ckpt --checkpoint_nm BiMLP_T --json
 
 Images get the evaluation preprocessing of src/dataset.py (ImageNet: resize the
-shorter side to image_size / 0.875, center crop, normalize; BiMLP_T: grayscale
+shorter side to image_size / 0.875, center crop, normalize; BiMLP_T/T14: grayscale
 28x28 Fashion-MNIST normalization). Class names: --class_names (ImageNet's
-LOC_synset_mapping.txt, or one name per line), Fashion-MNIST's names for BiMLP_T,
+LOC_synset_mapping.txt, or one name per line), Fashion-MNIST's names for BiMLP_T/T14,
 otherwise class indices. In a folder, unreadable images are reported and skipped.
 """
 import argparse
@@ -22,9 +22,7 @@ import numpy as np
 from src.checkpoint import load_weights
 from src.context import UserError, default_device_id, run_cli, setup_device
 from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, preprocess_image_file
-from src.wavemlp_20_3 import MODELS, create_model
-
-DATASET_OF_MODEL = {"BiMLP_T": "fashion_mnist"}
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8
 SYNSET_LINE = re.compile(r"^n\d{8}\s+(.+)$")
@@ -77,7 +75,7 @@ def read_class_names(path, num_classes):
 def class_names(args, num_classes):
     if args.class_names:
         return read_class_names(args.class_names, num_classes)
-    if args.checkpoint_nm == "BiMLP_T" and num_classes == len(FASHION_MNIST_CLASSES):
+    if DATASET_OF_MODEL[args.checkpoint_nm] == "fashion_mnist" and num_classes == len(FASHION_MNIST_CLASSES):
         return list(FASHION_MNIST_CLASSES)
     return [f"class {index}" for index in range(num_classes)]
 
@@ -134,7 +132,7 @@ def main(argv=None):
         raise UserError(f"--top_k must be at least 1, got {args.top_k}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
-    dataset = DATASET_OF_MODEL.get(args.checkpoint_nm, "imagenet")
+    dataset = DATASET_OF_MODEL[args.checkpoint_nm]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
     net = create_model(args.checkpoint_nm, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
     names = class_names(args, net.num_classes)

@@ -8,9 +8,9 @@ import argparse
 
 from src.context import UserError, run_cli
 from src.summary import layer_counts, per_layer_rows, stage_rows, total
-from src.wavemlp_20_3 import MODELS, create_model
+from src.dataset import DEFAULT_IMAGE_SIZE
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 
-DEFAULT_IMAGE_SIZE = {"BiMLP_T": 28}
 LAYER_COLUMNS = ("layer", "type", "output")
 COUNT_COLUMNS = ("1-bit params", "32-bit params", "fp32 KiB", "packed KiB", "BOPs (M)", "FLOPs (M MACs)")
 
@@ -19,7 +19,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="BiMLP_S", choices=sorted(MODELS))
     parser.add_argument("--image_size", type=int, default=None,
-                        help="input height = width (default 224; 28 for BiMLP_T)")
+                        help="input height = width (default: 224 for BiMLP_S/M, 28 for BiMLP_T/T14)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
     parser.add_argument("--per_layer", action="store_true", help="one row per conv/dense layer instead of per stage")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
@@ -79,7 +79,7 @@ def format_table(header, rows, markdown):
 
 def main(argv=None):
     args = parse_args(argv)
-    image_size = args.image_size or DEFAULT_IMAGE_SIZE.get(args.model, 224)
+    image_size = args.image_size or DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[args.model]]
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     net = create_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))

@@ -1,7 +1,8 @@
 """Learning curves from train.py's log.csv files: train loss and validation top-1 per epoch.
 
-    python scripts/plot_log.py output/bimlp_t_fashion_mnist/log.csv:binary \
-        output/bimlp_t_fashion_mnist_float/log.csv:float --output fig/fashion_mnist_curve.png
+    python scripts/plot_log.py output/bimlp_t14_fashion_mnist/log.csv:binary \
+        output/bimlp_t14_fashion_mnist_float/log.csv:float --title "BiMLP_T14 on Fashion-MNIST" \
+        --output fig/BiMLP_T14_fashion_mnist_curve.png
 """
 import argparse
 import csv
@@ -27,7 +28,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", help="LOG.csv or LOG.csv:LABEL")
     parser.add_argument("--output", default="fig/learning_curve.png")
-    parser.add_argument("--title", default="BiMLP_T on Fashion-MNIST")
+    parser.add_argument("--title", default="learning curves")
     args = parser.parse_args(argv)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for spec in args.logs:

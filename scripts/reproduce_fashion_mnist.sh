@@ -1,35 +1,40 @@
 #!/usr/bin/env bash
-# The README's Fashion-MNIST result, end to end: train the float twin and the binary BiMLP_T,
-# keep their logs and settings in results/, install the binary checkpoint as eval.py's default,
-# evaluate it and redraw the learning curves. Each run's wall-clock time is printed.
-#   bash scripts/reproduce_fashion_mnist.sh [float|binary|all]      (default: all; ~1.5 h on 2 cores)
+# The README's Fashion-MNIST results, end to end, for one variant: train its float twin and its
+# binary net, keep their logs and settings in results/, install both checkpoints in checkpoints/
+# (eval.py's defaults), evaluate them and redraw the learning curves. Prints each run's wall-clock time.
+#   bash scripts/reproduce_fashion_mnist.sh [BiMLP_T14|BiMLP_T] [float|binary|all]
+# Defaults: BiMLP_T14, all (~2 h on 2 cores; BiMLP_T: ~1.5 h).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
-what=${1:-all}
-case "$what" in float|binary|all) ;; *) echo "usage: $(basename "$0") [float|binary|all]" >&2; exit 2;; esac
+model=${1:-BiMLP_T14}
+what=${2:-all}
+usage="usage: $(basename "$0") [BiMLP_T14|BiMLP_T] [float|binary|all]"
+case "$model" in BiMLP_T14|BiMLP_T) ;; *) echo "$usage" >&2; exit 2;; esac
+case "$what" in float|binary|all) ;; *) echo "$usage" >&2; exit 2;; esac
+stem=$(echo "$model" | tr '[:upper:]' '[:lower:]')_fashion_mnist   # bimlp_t14_fashion_mnist
 
-train() {  # train NAME CONFIG OUTPUT_DIR
-    local name=$1 config=$2 out=$3 start
+train() {  # train KIND CONFIG OUTPUT_DIR CHECKPOINT
+    local kind=$1 config=$2 out=$3 checkpoint=$4 start
     rm -rf "$out"
     start=$(date +%s)
-    echo "== $name: python train.py --config $config   ($(date -u '+%F %T') UTC)"
+    echo "== $model $kind: python train.py --config $config   ($(date -u '+%F %T') UTC)"
     "$PYTHON" train.py --config "$config"
-    echo "== $name: wall-clock $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s, launch to finish"
-    cp "$out/log.csv" "results/fashion_mnist_${name}_log.csv"
-    cp "$out/config.yaml" "results/fashion_mnist_${name}_config.yaml"
+    echo "== $model $kind: wall-clock $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s, launch to finish"
+    cp "$out/log.csv" "results/${model}_fashion_mnist_${kind}_log.csv"
+    cp "$out/config.yaml" "results/${model}_fashion_mnist_${kind}_config.yaml"
+    cp "$out/best.ckpt" "$checkpoint"
 }
 
 mkdir -p results
 if [ "$what" != binary ]; then
-    train float configs/bimlp_t_fashion_mnist_float.yaml output/bimlp_t_fashion_mnist_float
-    cp output/bimlp_t_fashion_mnist_float/best.ckpt checkpoints/BiMLP_T_fashion_mnist_float.ckpt
+    train float "configs/${stem}_float.yaml" "output/${stem}_float" "checkpoints/${model}_fashion_mnist_float.ckpt"
 fi
 if [ "$what" != float ]; then
-    train binary configs/bimlp_t_fashion_mnist.yaml output/bimlp_t_fashion_mnist
-    cp output/bimlp_t_fashion_mnist/best.ckpt checkpoints/BiMLP_T_fashion_mnist.ckpt
+    train binary "configs/${stem}.yaml" "output/${stem}" "checkpoints/${model}_fashion_mnist.ckpt"
 fi
-"$PYTHON" eval.py
-"$PYTHON" eval.py --checkpoint_path checkpoints/BiMLP_T_fashion_mnist_float.ckpt --binary false
-"$PYTHON" scripts/plot_log.py results/fashion_mnist_binary_log.csv:binary \
-    results/fashion_mnist_float_log.csv:float --output fig/fashion_mnist_curve.png
+"$PYTHON" eval.py --checkpoint_nm "$model"
+"$PYTHON" eval.py --checkpoint_nm "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.ckpt" --binary false
+"$PYTHON" scripts/plot_log.py "results/${model}_fashion_mnist_binary_log.csv:binary" \
+    "results/${model}_fashion_mnist_float_log.csv:float" --title "$model on Fashion-MNIST" \
+    --output "fig/${model}_fashion_mnist_curve.png"

@@ -38,7 +38,7 @@ def check_compatible(net, params, model_name, path):
     if shapes:
         lines.append("  shape mismatches: " + _listing(
             f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
-    hint = guess_variant(weights, exclude=model_name) if missing or unexpected else None
+    hint = guess_variant(weights, exclude=model_name)
     if hint:
         lines.append(f"  this checkpoint looks like {hint}: try --checkpoint_nm {hint}")
     if "head.weight" in shapes:
@@ -48,16 +48,16 @@ def check_compatible(net, params, model_name, path):
 
 
 def guess_variant(weights, exclude=None):
-    """The registered variant whose parameter names match the checkpoint's, if any."""
+    """The registered variant whose parameter names and shapes match the checkpoint's, if any
+    (BiMLP_T and BiMLP_T14 differ only in the stem's kernel shape)."""
     from src.wavemlp_20_3 import MODELS, create_model
 
-    names = set(weights)
     for name in MODELS:
         if name == exclude:
             continue
         with_classes = {"num_classes": weights["head.weight"][0]} if "head.weight" in weights else {}
         candidate = create_model(name, **with_classes)
-        if {n for n, _ in candidate.parameters_and_names()} == names:
+        if {n: tuple(p.shape) for n, p in candidate.parameters_and_names()} == weights:
             return name
     return None
 

@@ -477,6 +477,9 @@ MODELS = {
     "BiMLP_T14": partial(BiMLP, layers=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), norm="bn",
                          num_classes=10, in_chans=1, stem=(3, 2, 1)),
 }
+# The data each variant is made for: the scripts' default dataset, image size and channels.
+DATASET_OF_MODEL = {"BiMLP_S": "imagenet", "BiMLP_M": "imagenet", "BiMLP_T": "fashion_mnist",
+                    "BiMLP_T14": "fashion_mnist"}
 
 
 def create_model(name, **kwargs):

@@ -106,19 +106,24 @@ def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_chec
     assert "fused CPU kernels: on" in proc.stdout
 
 
-def test_no_arguments_use_the_committed_fashion_mnist_checkpoint(monkeypatch, t_checkpoint):
-    monkeypatch.setattr(eval_script, "DEFAULT_CHECKPOINT", t_checkpoint)
-    args = eval_script.resolve(eval_script.parse_args([]))
+@pytest.mark.parametrize("argv,model", [([], "BiMLP_T14"), (["--checkpoint_nm", "BiMLP_T"], "BiMLP_T")])
+def test_no_checkpoint_path_uses_the_committed_fashion_mnist_checkpoint(argv, model):
+    args = eval_script.resolve(eval_script.parse_args(argv))
     assert (args.checkpoint_path, args.checkpoint_nm, args.dataset, args.dataset_path) == \
-        (t_checkpoint, "BiMLP_T", "fashion_mnist", FASHION_MNIST_DIR)
+        (os.path.join(ROOT, "checkpoints", f"{model}_fashion_mnist.ckpt"), model, "fashion_mnist", FASHION_MNIST_DIR)
     assert (args.image_size, args.num_classes, args.batch_size, args.platform, args.mode) == \
         (28, 10, 64, "CPU", "graph")
 
 
 def test_no_arguments_without_the_committed_checkpoint_say_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(eval_script, "DEFAULT_CHECKPOINT", str(tmp_path / "BiMLP_T_fashion_mnist.ckpt"))
+    monkeypatch.setitem(eval_script.DEFAULT_CHECKPOINTS, "BiMLP_T14", str(tmp_path / "BiMLP_T14_fashion_mnist.ckpt"))
     with pytest.raises(UserError, match="default Fashion-MNIST checkpoint .* does not exist yet"):
         eval_script.resolve(eval_script.parse_args([]))
+
+
+def test_imagenet_variants_need_a_checkpoint_path(fruits):
+    with pytest.raises(UserError, match="--checkpoint_path is required for BiMLP_S"):
+        eval_script.resolve(eval_script.parse_args(["--dataset_path", fruits, "--checkpoint_nm", "BiMLP_S"]))
 
 
 def test_imagenet_defaults(fruits, s_checkpoint):
@@ -143,6 +148,12 @@ def test_checkpoint_of_the_other_variant(fruits, s_checkpoint):
                     "--dataset", "imagefolder", "--mode", "pynative")
     assert_user_error(proc, "does not fit BiMLP_M", "missing parameters", "unexpected parameters",
                       "--checkpoint_nm BiMLP_S")
+
+
+def test_checkpoint_of_the_other_fashion_mnist_variant(t_checkpoint):
+    proc = run_eval("--checkpoint_path", t_checkpoint, "--checkpoint_nm", "BiMLP_T14", "--mode", "pynative")
+    assert_user_error(proc, "does not fit BiMLP_T14", "patch_embed.proj.weight checkpoint (32, 1, 4, 4) vs model "
+                      "(32, 1, 3, 3)", "--checkpoint_nm BiMLP_T")
 
 
 def test_wrong_class_count(fruits, s_checkpoint):

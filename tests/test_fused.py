@@ -170,10 +170,11 @@ def test_sums_and_mixes():
                                   (u + ((w0 * w + w1 * c) + (1 - w0 - w1) * h)).asnumpy())
 
 
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
-def test_fused_network_equals_unfused_in_eval_and_is_off_in_training(mode):
+@pytest.mark.parametrize("mode,model", [(ms.GRAPH_MODE, "BiMLP_T"), (ms.PYNATIVE_MODE, "BiMLP_T"),
+                                        (ms.GRAPH_MODE, "BiMLP_T14")])
+def test_fused_network_equals_unfused_in_eval_and_is_off_in_training(mode, model):
     ms.set_context(mode=mode)
-    nets = [create_model("BiMLP_T", fused=flag) for flag in (True, False)]
+    nets = [create_model(model, fused=flag) for flag in (True, False)]
     assert [net.fused for net in nets] == [True, False]
     randomize(nets[0], 7)
     ms.load_param_into_net(nets[1], {p.name: p for p in nets[0].get_parameters()}, strict_load=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.wavemlp_20_3 import MODELS, BiMLP_S, DropPath, WaveBlock, create_model
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, BiMLP_S, DropPath, WaveBlock, create_model
 
 
 def tiny_batch(batch=8, seed=0):
@@ -19,7 +19,8 @@ def copy_params(src, dst):
 
 
 def test_registry():
-    assert set(MODELS) >= {"BiMLP_S", "BiMLP_M", "BiMLP_T"}
+    assert set(MODELS) >= {"BiMLP_S", "BiMLP_M", "BiMLP_T", "BiMLP_T14"}
+    assert set(DATASET_OF_MODEL) == set(MODELS)
     with pytest.raises(ValueError, match="unknown model"):
         create_model("BiMLP_X")
 

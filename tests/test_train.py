@@ -24,7 +24,7 @@ from src.config import DEFAULTS, load_config
 from src.context import UserError
 from src.dataset import FASHION_MNIST_DIR
 from src.optim import decays, lr_schedule
-from src.wavemlp_20_3 import create_model
+from src.wavemlp_20_3 import MODELS, create_model
 
 CONFIG = os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml")
 
@@ -89,7 +89,7 @@ def test_bad_config_files_are_errors(tmp_path, text, message):
 
 def test_every_shipped_config_loads():
     for name in os.listdir(os.path.join(ROOT, "configs")):
-        assert load_config(os.path.join(ROOT, "configs", name))["model"] in ("BiMLP_S", "BiMLP_M", "BiMLP_T")
+        assert load_config(os.path.join(ROOT, "configs", name))["model"] in MODELS
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():
@@ -228,3 +228,27 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     assert result.returncode == 0, result.stderr[-3000:]
     kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt")))
     assert kd.returncode == 2 and "must be a float twin" in kd.stderr
+
+
+def test_learning_curves_are_plotted_from_two_logs(tmp_path):
+    logs = []
+    for label, top1 in (("binary", [0.80, 0.85]), ("float", [0.82, 0.88])):
+        path = tmp_path / f"{label}.csv"
+        rows = "".join(f"{e},{1.0 / e:.3f},{t},0.99,1e-3,60.0,70.0\n" for e, t in enumerate(top1, start=1))
+        path.write_text("epoch,train_loss,val_top1,val_top5,lr,epoch_seconds,train_img_per_s\n" + rows)
+        logs.append(f"{path}:{label}")
+    out = tmp_path / "curve.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_log.py"), *logs, "--output", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_log.py"), str(tmp_path / "none.csv")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "log not found" in missing.stderr
+
+
+@pytest.mark.parametrize("args", [["BiMLP_X"], ["BiMLP_T14", "everything"]])
+def test_reproduce_script_rejects_unknown_arguments_before_training(args):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "reproduce_fashion_mnist.sh"), *args],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "usage: reproduce_fashion_mnist.sh [BiMLP_T14|BiMLP_T]" in proc.stderr
