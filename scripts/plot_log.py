@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_log(path):
@@ -43,6 +44,7 @@ def main(argv=None):
     acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="validation top-1")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.suptitle(args.title)
     fig.tight_layout()
