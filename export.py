@@ -28,6 +28,7 @@ from mindspore import Tensor, ops
 import src.wavemlp_20_3 as wavemlp
 from src.checkpoint import load_weights
 from src.context import UserError, default_device_id, run_cli, setup_device
+from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import Identity, QuanConv
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 

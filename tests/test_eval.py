@@ -98,7 +98,8 @@ def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_chec
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28))
     folder = write_idx(str(tmp_path), "test", images, FASHION_LABELS)
     write_idx(folder, "train", images[:1], [0])
-    proc = run_eval("--dataset_path", folder, "--checkpoint_path", t_checkpoint, "--batch_size", "3")
+    proc = run_eval("--dataset_path", folder, "--checkpoint_path", t_checkpoint, "--checkpoint_nm", "BiMLP_T",
+                    "--batch_size", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result, _ = parse_result(proc.stdout)
     assert result == {"acc": FASHION_ACC, "top5": FASHION_TOP5, "num_samples": 7}
@@ -189,8 +190,8 @@ def test_corrupt_image(tmp_path, s_checkpoint):
 
 
 def test_model_and_dataset_channels_must_agree(fruits, t_checkpoint):
-    proc = run_eval("--dataset_path", fruits, "--checkpoint_path", t_checkpoint, "--dataset", "imagefolder",
-                    "--num_classes", "10", "--mode", "pynative")
+    proc = run_eval("--dataset_path", fruits, "--checkpoint_path", t_checkpoint, "--checkpoint_nm", "BiMLP_T",
+                    "--dataset", "imagefolder", "--num_classes", "10", "--mode", "pynative")
     assert_user_error(proc, "BiMLP_T takes 1-channel images")
 
 

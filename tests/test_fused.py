@@ -171,7 +171,7 @@ def test_sums_and_mixes():
 
 
 @pytest.mark.parametrize("mode,model", [(ms.GRAPH_MODE, "BiMLP_T"), (ms.PYNATIVE_MODE, "BiMLP_T"),
-                                        (ms.GRAPH_MODE, "BiMLP_T14")])
+                                        (ms.PYNATIVE_MODE, "BiMLP_T14")])
 def test_fused_network_equals_unfused_in_eval_and_is_off_in_training(mode, model):
     ms.set_context(mode=mode)
     nets = [create_model(model, fused=flag) for flag in (True, False)]

@@ -214,11 +214,13 @@ def test_a_missing_teacher_checkpoint_is_a_clear_error(small_fashion, tmp_path):
 
 
 def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, tmp_path):
+    # PYNATIVE throughout: no graph compilations; the record and its checks do not depend on the mode.
     result = run(train_args(small_fashion, tmp_path / "float", "--binary", "false", "--epochs", "1",
-                            "--steps_per_epoch", "2"))
+                            "--steps_per_epoch", "2", "--mode", "pynative"))
     assert result.returncode == 0, result.stderr[-3000:]
     float_ckpt = str(tmp_path / "float" / "best.ckpt")
-    evaluate = [sys.executable, "eval.py", "--dataset_path", small_fashion, "--checkpoint_path", float_ckpt]
+    evaluate = [sys.executable, "eval.py", "--dataset_path", small_fashion, "--checkpoint_path", float_ckpt,
+                "--checkpoint_nm", "BiMLP_T", "--mode", "pynative"]
     as_binary = run(evaluate)
     assert as_binary.returncode == 2 and "holds a float network" in as_binary.stderr
     assert "Traceback" not in as_binary.stderr
@@ -226,9 +228,11 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     assert as_float.returncode == 0, as_float.stderr[-3000:]
     assert "'num_samples': 40" in as_float.stdout
 
-    result = run(train_args(small_fashion, tmp_path / "binary", "--epochs", "1", "--steps_per_epoch", "2"))
+    result = run(train_args(small_fashion, tmp_path / "binary", "--epochs", "1", "--steps_per_epoch", "2",
+                            "--mode", "pynative"))
     assert result.returncode == 0, result.stderr[-3000:]
-    kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt")))
+    kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt"),
+                        "--mode", "pynative"))
     assert kd.returncode == 2 and "must be a float twin" in kd.stderr
 
 
