@@ -472,7 +472,7 @@ MODELS = {
     # stem gives 7x7 tokens (as MLP-Mixers use on MNIST-sized data), one block per stage.
     "BiMLP_T": partial(BiMLP, layers=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), norm="bn",
                        num_classes=10, in_chans=1, stem=(4, 4, 0)),
-    # BiMLP_T with a 3x3 stride-2 stem: 14x14 tokens. ~2.3x the compute of BiMLP_T per image,
+    # BiMLP_T with a 3x3 stride-2 stem: 14x14 tokens. ~3x BiMLP_T's training time per image,
     # and more accurate for the same training time (README, Fashion-MNIST).
     "BiMLP_T14": partial(BiMLP, layers=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), norm="bn",
                          num_classes=10, in_chans=1, stem=(3, 2, 1)),
