@@ -42,7 +42,6 @@ BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
-SMALL_MODELS = ("BiMLP_T", "BiMLP_T14")  # trained at 28x28, batch 128
 
 
 def parse_args(argv=None):
@@ -69,8 +68,15 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
-        args.train_models = ",".join(m for m in args.train_models.split(",") if m in SMALL_MODELS)
+        args.train_models = ",".join(m for m in args.train_models.split(",") if is_small(m))
     return args
+
+
+def is_small(model):
+    """Fashion-MNIST variants train at 28x28, batch 128."""
+    from src.wavemlp_20_3 import DATASET_OF_MODEL
+
+    return DATASET_OF_MODEL.get(model) == "fashion_mnist"
 
 
 def configs(args):
@@ -83,7 +89,7 @@ def configs(args):
                     out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
     if "train" in parts:
         for model in args.train_models.split(","):
-            small = model in SMALL_MODELS
+            small = is_small(model)
             for path in ("upstream", "fast", "float"):
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
                             "size": 28 if small else 224, "path": path})
