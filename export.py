@@ -28,9 +28,8 @@ from mindspore import Tensor, ops
 import src.wavemlp_20_3 as wavemlp
 from src.checkpoint import load_weights
 from src.context import UserError, default_device_id, run_cli, setup_device
-from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import Identity, QuanConv
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
+from src.wavemlp_20_3 import MODELS, create_model, default_image_size
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -191,7 +190,7 @@ def main(argv=None):
     # The fast path's BiasAdd exports to ONNX as an Add that broadcasts over the wrong axis.
     net = build_network(args.checkpoint_nm, args.checkpoint_path, args.num_classes,
                         fast=args.file_format != "ONNX")
-    size = args.image_size or DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[args.checkpoint_nm]]
+    size = args.image_size or default_image_size(args.checkpoint_nm)
     inputs = Tensor(np.zeros((args.batch_size, net.patch_embed.proj.in_channels, size, size), np.float32))
     path = export_network(net, inputs, args.file_name or args.checkpoint_nm.lower(), args.file_format)
     print(f"exported {args.checkpoint_nm} ({args.batch_size}x{inputs.shape[1]}x{size}x{size} -> "

@@ -8,8 +8,7 @@ import argparse
 
 from src.context import UserError, run_cli
 from src.summary import layer_counts, per_layer_rows, stage_rows, total
-from src.dataset import DEFAULT_IMAGE_SIZE
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
+from src.wavemlp_20_3 import MODELS, create_model, default_image_size
 
 LAYER_COLUMNS = ("layer", "type", "output")
 COUNT_COLUMNS = ("1-bit params", "32-bit params", "fp32 KiB", "packed KiB", "BOPs (M)", "FLOPs (M MACs)")
@@ -79,7 +78,7 @@ def format_table(header, rows, markdown):
 
 def main(argv=None):
     args = parse_args(argv)
-    image_size = args.image_size or DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[args.model]]
+    image_size = args.image_size or default_image_size(args.model)
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     net = create_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))

@@ -79,12 +79,11 @@ def main():
         import mindspore as ms
         import numpy as np
 
-        from src.dataset import DEFAULT_IMAGE_SIZE
-        from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model
+        from src.wavemlp_20_3 import create_model, default_image_size
 
         fused = False if args.train or not args.binary else args.fused
         net = create_model(args.model, binary=args.binary, fast=args.fast, fused=fused)
-        size = args.size or DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[args.model]]
+        size = args.size or default_image_size(args.model)
         channels = net.patch_embed.proj.weight.shape[1]
         x = ms.Tensor(np.random.RandomState(0).standard_normal((args.batch, channels, size, size))
                       .astype(np.float32))

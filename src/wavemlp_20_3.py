@@ -15,6 +15,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
+from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import QuanConv
 
 ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
@@ -480,6 +481,11 @@ MODELS = {
 # The data each variant is made for: the scripts' default dataset, image size and channels.
 DATASET_OF_MODEL = {"BiMLP_S": "imagenet", "BiMLP_M": "imagenet", "BiMLP_T": "fashion_mnist",
                     "BiMLP_T14": "fashion_mnist"}
+
+
+def default_image_size(name):
+    """The input side of the data variant `name` is made for: 224 on ImageNet, 28 on Fashion-MNIST."""
+    return DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[name]]
 
 
 def create_model(name, **kwargs):

@@ -193,6 +193,7 @@ def test_model_and_dataset_channels_must_agree(fruits, t_checkpoint):
     proc = run_eval("--dataset_path", fruits, "--checkpoint_path", t_checkpoint, "--checkpoint_nm", "BiMLP_T",
                     "--dataset", "imagefolder", "--num_classes", "10", "--mode", "pynative")
     assert_user_error(proc, "BiMLP_T takes 1-channel images")
+    assert "use BiMLP_T/BiMLP_T14 with fashion_mnist, BiMLP_S/BiMLP_M with imagenet" in proc.stderr
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, BiMLP_S, DropPath, WaveBlock, create_model
+from src.wavemlp_20_3 import (DATASET_OF_MODEL, MODELS, BiMLP_S, DropPath, WaveBlock, create_model,
+                              default_image_size)
 
 
 def tiny_batch(batch=8, seed=0):
@@ -23,6 +24,7 @@ def test_registry():
     assert set(DATASET_OF_MODEL) == set(MODELS)
     with pytest.raises(ValueError, match="unknown model"):
         create_model("BiMLP_X")
+    assert [default_image_size(name) for name in ("BiMLP_S", "BiMLP_M", "BiMLP_T", "BiMLP_T14")] == [224, 224, 28, 28]
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
