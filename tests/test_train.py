@@ -52,9 +52,18 @@ def train_args(data, out, *extra):
             "--num_workers", "1", "--log_every", "1", *extra]
 
 
-def run(args, timeout=900):
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    return result
+def run(args, timeout=900, env=None):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def compile_cache(folder):
+    """MindSpore's graph compile cache in `folder`, for runs of identical settings only.
+
+    MindSpore keys the cache by the source files alone: a run with other settings (a float
+    twin after a binary run, another batch size) would silently get the first run's graph.
+    """
+    return {"MS_COMPILER_CACHE_ENABLE": "1", "MS_COMPILER_CACHE_PATH": str(folder)}
 
 
 def checkpoint_arrays(path):
@@ -112,14 +121,16 @@ def test_weight_decay_only_on_conv_and_dense_weights():
 
 
 def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_path):
-    unbroken = run(train_args(small_fashion, tmp_path / "a"))
+    # Three runs of one configuration in GRAPH mode, as users train: compile once, reuse twice.
+    cache = compile_cache(tmp_path / "graph_cache")
+    unbroken = run(train_args(small_fashion, tmp_path / "a"), env=cache)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["batch_size"] == 8 and saved["num_classes"] == 10
 
     out = tmp_path / "b"
     proc = subprocess.Popen(train_args(small_fashion, out), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **cache})
     for line in proc.stdout:
         if line.startswith("epoch 2/2 step 3/"):
             proc.send_signal(signal.SIGKILL)
@@ -129,7 +140,7 @@ def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_pa
     assert checkpoint_arrays(out / "last.ckpt")["train_state.epoch"] == 1
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
-    resumed = run(train_args(small_fashion, out, "--resume", "last"))
+    resumed = run(train_args(small_fashion, out, "--resume", "last"), env=cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "1 epochs done" in resumed.stdout
     assert "epoch 1/2 step" not in resumed.stdout
@@ -154,11 +165,11 @@ def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_pa
 def test_divergence_stops_with_the_last_good_checkpoint_intact(small_fashion, tmp_path):
     out = tmp_path / "run"
     # PYNATIVE: no graph compilations; the stop does not depend on the mode.
-    first = run(train_args(small_fashion, out, "--epochs", "1", "--mode", "pynative"))
+    first = run(train_args(small_fashion, out, "--epochs", "1", "--steps_per_epoch", "3", "--mode", "pynative"))
     assert first.returncode == 0, first.stderr[-3000:]
     before = digest(out / "last.ckpt")
-    diverged = run(train_args(small_fashion, out, "--epochs", "2", "--resume", "last", "--lr", "1e30",
-                              "--mode", "pynative"))
+    diverged = run(train_args(small_fashion, out, "--epochs", "2", "--steps_per_epoch", "3", "--resume", "last",
+                              "--lr", "1e30", "--mode", "pynative"))
     assert diverged.returncode != 0
     assert "loss became" in diverged.stderr and "Last good checkpoint" in diverged.stderr
     assert str(out / "last.ckpt") in diverged.stderr
