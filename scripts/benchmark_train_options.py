@@ -8,7 +8,7 @@ knobs a user of a small CPU machine would try:
     default     MindSpore's own thread count, batch 128 (what train.py does)
     threads=1   one operator thread; threads=2 one per core
     batch=32 / batch=64 / batch=256
-    jit O1      jit_config={"jit_level": "O1"} (graph-kernel fusion where the backend has it)
+    jit O1      jit_config={"jit_level": "O1"}, MindSpore's next compilation level
     msrun 2x1   data-parallel: two msrun workers of one thread and batch 64 each, averaged
                 gradients (AllReduce on loopback); img/s is the sum over the workers
 
