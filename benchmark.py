@@ -74,9 +74,9 @@ def parse_args(argv=None):
 
 def is_small(model):
     """Fashion-MNIST variants train at 28x28, batch 128."""
-    from src.wavemlp_20_3 import DATASET_OF_MODEL
+    from src.wavemlp_20_3 import models_for
 
-    return DATASET_OF_MODEL.get(model) == "fashion_mnist"
+    return model in models_for("fashion_mnist")
 
 
 def configs(args):
@@ -125,10 +125,12 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def timed(step, min_seconds):
-    """Seconds per call of step(): one warm-up call (compilation), then >= 1 call and >= min_seconds."""
+def timed(step, min_seconds, warmup=1):
+    """Seconds per call of step(): `warmup` untimed calls (the first compiles), then >= 1 call and
+    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls)."""
     start = time.perf_counter()
-    step()
+    for _ in range(warmup):
+        step()
     compile_s = time.perf_counter() - start
     calls, start = 0, time.perf_counter()
     while calls == 0 or time.perf_counter() - start < min_seconds:

@@ -16,12 +16,12 @@ from src.config import parse_bool
 from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_device
 from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
 from src.evaluation import evaluate
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
+from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model, models_for
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # The committed Fashion-MNIST checkpoints: used when --checkpoint_path is not given.
 DEFAULT_CHECKPOINTS = {name: os.path.join(ROOT, "checkpoints", f"{name}_fashion_mnist.ckpt")
-                       for name, data in DATASET_OF_MODEL.items() if data == "fashion_mnist"}
+                       for name in models_for("fashion_mnist")}
 DEFAULT_MODEL = "BiMLP_T14"
 # BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
 MIN_IMAGE_SIZE = 16
@@ -52,10 +52,6 @@ def parse_args(argv=None):
     parser.add_argument("--device_id", type=int, default=default_device_id(), help="default: $DEVICE_ID or 0")
     parser.add_argument("--mode", default="graph", choices=("graph", "pynative"), help="default: graph")
     return parser.parse_args(argv)
-
-
-def variants_for(dataset):
-    return "/".join(name for name, data in DATASET_OF_MODEL.items() if data == dataset)
 
 
 def resolve(args):
@@ -105,8 +101,8 @@ def build_network(args):
     data_channels = 1 if args.dataset == "fashion_mnist" else 3
     if model_channels != data_channels:
         raise UserError(f"{args.checkpoint_nm} takes {model_channels}-channel images but {args.dataset} gives "
-                        f"{data_channels}-channel ones: use {variants_for('fashion_mnist')} with fashion_mnist, "
-                        f"{variants_for('imagenet')} with imagenet or imagefolder")
+                        f"{data_channels}-channel ones: use {'/'.join(models_for('fashion_mnist'))} with fashion_mnist, "
+                        f"{'/'.join(models_for('imagenet'))} with imagenet or imagefolder")
     net.set_train(False)
     return net
 

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -71,6 +70,7 @@ def worker(cfg):
 
     from src.config import DEFAULTS
     from src.optim import create_optimizer, lr_schedule
+    from benchmark import timed
     from src.wavemlp_20_3 import create_model, default_image_size
     from train import TrainLoss
 
@@ -96,15 +96,10 @@ def worker(cfg):
     channels = net.patch_embed.proj.weight.shape[1]
     x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, size, size)).astype(np.float32))
     y = ms.Tensor(rng.randint(0, net.num_classes, cfg["batch"]).astype(np.int32))
-    for _ in range(2):  # compilation, then the first run of the compiled graph
-        step(x, y).asnumpy()
-    calls, start = 0, time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < cfg["min_seconds"]:
-        step(x, y).asnumpy()
-        calls += 1
-    seconds = time.perf_counter() - start
-    print(RESULT_TAG + json.dumps({"rank": rank, "img_s": calls * cfg["batch"] * world / seconds,
-                                   "steps": calls}), flush=True)
+    # Two warm-up steps: compilation, then the first run of the compiled graph.
+    step_s, _, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"], warmup=2)
+    print(RESULT_TAG + json.dumps({"rank": rank, "img_s": cfg["batch"] * world / step_s, "steps": calls}),
+          flush=True)
 
 
 def results_in(text):

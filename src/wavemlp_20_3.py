@@ -483,6 +483,11 @@ DATASET_OF_MODEL = {"BiMLP_S": "imagenet", "BiMLP_M": "imagenet", "BiMLP_T": "fa
                     "BiMLP_T14": "fashion_mnist"}
 
 
+def models_for(dataset):
+    """The registered variants made for `dataset`, in registry order."""
+    return [name for name, data in DATASET_OF_MODEL.items() if data == dataset]
+
+
 def default_image_size(name):
     """The input side of the data variant `name` is made for: 224 on ImageNet, 28 on Fashion-MNIST."""
     return DEFAULT_IMAGE_SIZE[DATASET_OF_MODEL[name]]

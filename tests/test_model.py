@@ -5,7 +5,7 @@ import pytest
 from mindspore import Tensor, nn
 
 from src.wavemlp_20_3 import (DATASET_OF_MODEL, MODELS, BiMLP_S, DropPath, WaveBlock, create_model,
-                              default_image_size)
+                              default_image_size, models_for)
 
 
 def tiny_batch(batch=8, seed=0):
@@ -25,6 +25,7 @@ def test_registry():
     with pytest.raises(ValueError, match="unknown model"):
         create_model("BiMLP_X")
     assert [default_image_size(name) for name in ("BiMLP_S", "BiMLP_M", "BiMLP_T", "BiMLP_T14")] == [224, 224, 28, 28]
+    assert models_for("fashion_mnist") == ["BiMLP_T", "BiMLP_T14"] and models_for("imagenet") == ["BiMLP_S", "BiMLP_M"]
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
