@@ -53,6 +53,9 @@ def parse_args(argv=None):
     unknown = [o for o in args.options.split(",") if o not in OPTIONS]
     if unknown:
         parser.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
+    folder = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error(f"cannot write --json {args.json}: {folder} is not a writable folder")
     from src.wavemlp_20_3 import MODELS
 
     if args.model not in MODELS:
@@ -155,7 +158,6 @@ def main(argv=None):
         speed = (f"{r['img_s']:.1f} | {r['img_s'] / base:.2f}" if "img_s" in r and base
                  else f"{r['img_s']:.1f} | –" if "img_s" in r else f"{r['error']} | –")
         print(f"| {r['option']} | {r['batch'] * r.get('workers', 1)} | {speed} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=1)
     print(f"\nresults written to {args.json}", file=sys.stderr)

@@ -27,3 +27,8 @@ def test_unknown_option_or_model_is_an_error():
     assert proc.returncode == 2 and "unknown option(s) threads=9" in proc.stderr
     proc = run("--model", "BiMLP_X")
     assert proc.returncode == 2 and "unknown model 'BiMLP_X'" in proc.stderr
+
+
+def test_an_unwritable_json_path_is_refused_before_measuring(tmp_path):
+    proc = run("--json", str(tmp_path / "missing" / "out.json"))
+    assert proc.returncode == 2 and "is not a writable folder" in proc.stderr
