@@ -1,0 +1,465 @@
+// Fused CPU kernels for BiMLP training (MindSpore "aot" custom operators), forward and
+// backward. Each forward does in one pass what the network otherwise does in 5-20
+// MindSpore CPU operators; each backward is its hand-written gradient, checked against
+// MindSpore's autodiff of the unfused chain by the tests.
+//
+// Tensors are NCHW float32; per-channel parameters are float32 arrays of C values.
+// Forward values follow the operators' order where that is cheap (the binarization, the
+// line convolutions, the pooling); batch statistics are summed in double.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "fused_sincos.h"
+
+namespace {
+
+const float kRoundingMagic = 12582912.0f;  // 1.5 * 2^23: (x + M) - M is rint(x), ties to even
+const float kEps = 1e-5f;
+
+inline float binarize(float x) { return (std::min(std::max(x, -1.0f), 1.0f) + kRoundingMagic) - kRoundingMagic; }
+inline float ste(float x) { return std::fabs(x) <= 1.0f ? 1.0f : 0.0f; }  // d binarize / dx, straight through
+
+template <typename T>
+T *arg(void **params, int i) {
+  return static_cast<T *>(params[i]);
+}
+
+// Splits [0, count) over the kernel's threads (BIMLP_TRAIN_THREADS, default 2). Training
+// kernels work on whole batches of channels: large enough to pay for a thread start.
+int thread_count() {
+  static const int count = [] {
+    const char *text = std::getenv("BIMLP_TRAIN_THREADS");
+    const int n = text ? std::atoi(text) : 2;
+    return std::max(1, std::min(n, 64));
+  }();
+  return count;
+}
+
+template <typename Body>
+void parallel_for(int64_t count, Body body) {
+  const int64_t threads = std::min<int64_t>(thread_count(), count);
+  if (threads <= 1) {
+    for (int64_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+  std::vector<std::thread> team;
+  const int64_t chunk = (count + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t)
+    team.emplace_back([&, t] {
+      for (int64_t i = t * chunk; i < std::min(count, (t + 1) * chunk); ++i) body(i);
+    });
+  for (int64_t i = 0; i < std::min(count, chunk); ++i) body(i);
+  for (auto &thread : team) thread.join();
+}
+
+struct Dims {
+  int64_t n, c, hw;
+  int64_t at(int64_t sample, int64_t channel) const { return (sample * c + channel) * hw; }
+};
+
+Dims dims_of(const int64_t *shape) { return {shape[0], shape[1], shape[2] * shape[3]}; }
+
+// Training-mode batch norm of one channel followed by an optional shortcut and RPReLU:
+// y = prelu(gamma * (a - mean) * rstd + beta + s + b1, w) + b2.
+struct RPReLUParams {
+  const float *gamma, *beta, *b1, *w, *b2;
+};
+
+RPReLUParams rprelu_params(void **params, int first) {
+  return {arg<const float>(params, first), arg<const float>(params, first + 1), arg<const float>(params, first + 2),
+          arg<const float>(params, first + 3), arg<const float>(params, first + 4)};
+}
+
+// Sums of `kTerms` quantities over one plane, term(i, values) filling values[0..kTerms) for
+// element i. Kept in kLanes independent float partial sums, so the compiler vectorizes the
+// loop (a single running sum is a serial dependency it may not reorder), then added in double.
+constexpr int kLanes = 16;
+
+template <int kTerms, typename Term>
+void plane_sums(int64_t hw, Term term, double *totals) {
+  float lanes[kTerms][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= hw; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      float values[kTerms];
+      term(i + l, values);
+      for (int t = 0; t < kTerms; ++t) lanes[t][l] += values[t];
+    }
+  for (; i < hw; ++i) {
+    float values[kTerms];
+    term(i, values);
+    for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
+  }
+  for (int t = 0; t < kTerms; ++t)
+    for (int l = 0; l < kLanes; ++l) totals[t] += lanes[t][l];
+}
+
+// Batch mean and biased variance of channel c.
+void channel_moments(const float *a, const Dims &d, int64_t c, double *mean, double *var) {
+  double totals[2] = {0.0, 0.0};
+  for (int64_t n = 0; n < d.n; ++n) {
+    const float *p = a + d.at(n, c);
+    plane_sums<2>(d.hw, [&](int64_t i, float *v) { v[0] = p[i]; v[1] = p[i] * p[i]; }, totals);
+  }
+  const double count = static_cast<double>(d.n * d.hw);
+  *mean = totals[0] / count;
+  *var = std::max(totals[1] / count - *mean * *mean, 0.0);
+}
+
+// Forward of act(bn(a) [+ s]); outputs y, the batch mean and the biased batch variance.
+template <bool shortcut>
+int bn_act_forward(void **params, int64_t **shapes) {
+  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
+  const int first = shortcut ? 2 : 1;
+  const RPReLUParams k = rprelu_params(params, first);
+  float *y = arg<float>(params, first + 5), *mean_out = arg<float>(params, first + 6);
+  float *var_out = arg<float>(params, first + 7);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    double mean, var;
+    channel_moments(a, d, c, &mean, &var);
+    mean_out[c] = static_cast<float>(mean);
+    var_out[c] = static_cast<float>(var);
+    const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
+    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        float u = (a[o + i] - m) * scale + beta;
+        if (shortcut) u = u + s[o + i];
+        u = u + b1;
+        y[o + i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+      }
+    }
+  });
+  return 0;
+}
+
+// Backward of bn_act_forward: inputs a, [s,] gamma, beta, b1, w, b2, mean, var, dy;
+// outputs da, [ds,] dgamma, dbeta, db1, dw, db2.
+template <bool shortcut>
+int bn_act_backward(void **params, int64_t **shapes) {
+  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
+  const int first = shortcut ? 2 : 1;
+  const RPReLUParams k = rprelu_params(params, first);
+  const float *mean_in = arg<const float>(params, first + 5), *var_in = arg<const float>(params, first + 6);
+  const float *dy = arg<const float>(params, first + 7);
+  int out = first + 8;
+  float *da = arg<float>(params, out++), *ds = shortcut ? arg<float>(params, out++) : nullptr;
+  float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
+  float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    const float m = mean_in[c], gamma = k.gamma[c];
+    const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
+    const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
+    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
+    // Pass 1: dz = dy * prelu'(u) into da (scratch), and the channel sums of dz, dz * xhat,
+    // dy and dy * min(u, 0).
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      plane_sums<4>(d.hw, [&](int64_t i, float *v) {
+        const float xhat = (a[o + i] - m) * rstd;
+        float u = (a[o + i] - m) * scale + beta;
+        if (shortcut) u = u + s[o + i];
+        u = u + b1;
+        const float g = dy[o + i];
+        const float dz = u > 0.0f ? g : g * w;
+        da[o + i] = dz;
+        v[0] = dz;
+        v[1] = dz * xhat;
+        v[2] = g;
+        v[3] = g * std::min(u, 0.0f);
+      }, sums);
+    }
+    const double sum_dz = sums[0], sum_dz_xhat = sums[1], sum_dy = sums[2], sum_dw = sums[3];
+    const double count = static_cast<double>(d.n * d.hw);
+    const float mean_dz = static_cast<float>(sum_dz / count), mean_dz_xhat = static_cast<float>(sum_dz_xhat / count);
+    // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)).
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float dz = da[o + i], xhat = (a[o + i] - m) * rstd;
+        if (shortcut) ds[o + i] = dz;
+        da[o + i] = scale * ((dz - mean_dz) - xhat * mean_dz_xhat);
+      }
+    }
+    dgamma[c] = static_cast<float>(sum_dz_xhat);
+    dbeta[c] = static_cast<float>(sum_dz);
+    db1[c] = static_cast<float>(sum_dz);
+    dw[c] = static_cast<float>(sum_dw);
+    db2[c] = static_cast<float>(sum_dy);
+  });
+  return 0;
+}
+
+// Downsample's pooling, (((p2 + p3) + p5) + p7) / 4 of stride-2 max-pools with kernels 2,
+// 3, 5, 7 and "same" padding (output ceil(H / 2)). Each window's first maximum in row-major
+// order is recorded, so the backward routes dy / 4 to it.
+const int kPoolKernels[4] = {2, 3, 5, 7};
+
+}  // namespace
+
+extern "C" {
+
+int BnActTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_forward<false>(params, shapes);
+}
+
+int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_forward<true>(params, shapes);
+}
+
+int BnActTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<false>(params, shapes);
+}
+
+int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<true>(params, shapes);
+}
+
+// t = x + bias, q = rint(clip(t, -1, 1)): a LearnableBias and the 1-bit activation quantizer.
+int MoveBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *bias = arg<const float>(params, 1);
+  float *t = arg<float>(params, 2), *q = arg<float>(params, 3);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    const float b = bias[c];
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float v = x[o + i] + b;
+        t[o + i] = v;
+        q[o + i] = binarize(v);
+      }
+    }
+  });
+  return 0;
+}
+
+// Inputs t, dt, dq; outputs dx = dt + dq * [|t| <= 1] and dbias = its sum per channel.
+int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *t = arg<const float>(params, 0), *dt = arg<const float>(params, 1), *dq = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3), *dbias = arg<float>(params, 4);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      plane_sums<1>(d.hw, [&](int64_t i, float *v) {
+        v[0] = dx[o + i] = dt[o + i] + dq[o + i] * ste(t[o + i]);
+      }, &sum);
+    }
+    dbias[c] = static_cast<float>(sum);
+  });
+  return 0;
+}
+
+// sin and cos of one plane of angles, into per-thread buffers.
+struct PlaneTrig {
+  std::vector<float> sine, cosine;
+  std::vector<int32_t> unsure;
+  explicit PlaneTrig(int64_t hw) : sine(hw), cosine(hw), unsure(hw) {}
+  void of(const float *theta, int64_t hw) { sincos_rounded(theta, sine.data(), cosine.data(), unsure.data(), hw); }
+};
+
+// PATM's phase input: p = concat(x cos(theta), x sin(theta)) + bias (2C channels) and
+// q = rint(clip(p, -1, 1)), with MindSpore's Cos and Sin values.
+int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
+  const float *bias = arg<const float>(params, 2);
+  float *p = arg<float>(params, 3), *q = arg<float>(params, 4);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    const float bc = bias[c], bs = bias[d.c + c];
+    PlaneTrig trig(d.hw);
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
+      trig.of(theta + o, d.hw);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float vc = x[o + i] * trig.cosine[i] + bc, vs = x[o + i] * trig.sine[i] + bs;
+        p[oc + i] = vc;
+        p[os + i] = vs;
+        q[oc + i] = binarize(vc);
+        q[os + i] = binarize(vs);
+      }
+    }
+  });
+  return 0;
+}
+
+// Inputs x, theta, p, dp, dq; outputs dx, dtheta, dbias (2C).
+int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
+  const float *p = arg<const float>(params, 2), *dp = arg<const float>(params, 3), *dq = arg<const float>(params, 4);
+  float *dx = arg<float>(params, 5), *dtheta = arg<float>(params, 6), *dbias = arg<float>(params, 7);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, [&](int64_t c) {
+    double sums[2] = {0.0, 0.0};
+    PlaneTrig trig(d.hw);
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
+      trig.of(theta + o, d.hw);
+      plane_sums<2>(d.hw, [&](int64_t i, float *v) {
+        const float gc = dp[oc + i] + dq[oc + i] * ste(p[oc + i]);
+        const float gs = dp[os + i] + dq[os + i] * ste(p[os + i]);
+        dx[o + i] = gc * trig.cosine[i] + gs * trig.sine[i];
+        dtheta[o + i] = x[o + i] * (gs * trig.cosine[i] - gc * trig.sine[i]);
+        v[0] = gc;
+        v[1] = gs;
+      }, sums);
+    }
+    dbias[c] = static_cast<float>(sums[0]);
+    dbias[d.c + c] = static_cast<float>(sums[1]);
+  });
+  return 0;
+}
+
+// Grouped 1xK / Kx1 convolution with one output channel per group, zero padding (K - 1) / 2
+// on both sides, stride 1: out[n, g] = sum_i sum_t w[g, i, t] * x[n, g * per_group + i, . + t - half].
+// Summed input channel by input channel, taps in order, as oneDNN's kernel for these layers.
+int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
+  float *y = arg<float>(params, 2);
+  const int64_t n_all = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t cout = shapes[1][0], per_group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
+  const int64_t taps = kh * kw, half = (taps - 1) / 2, hw = h * w;
+  const bool horizontal = kh == 1;
+  parallel_for(cout, [&](int64_t g) {
+    for (int64_t n = 0; n < n_all; ++n) {
+      float *out = y + (n * cout + g) * hw;
+      std::fill(out, out + hw, 0.0f);
+      for (int64_t i = 0; i < per_group; ++i) {
+        const float *in = x + (n * cin + g * per_group + i) * hw, *wt = weight + (g * per_group + i) * taps;
+        for (int64_t t = 0; t < taps; ++t) {
+          const float v = wt[t];
+          const int64_t shift = t - half;
+          if (horizontal) {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
+            for (int64_t r = 0; r < h; ++r)
+              for (int64_t col = from; col < to; ++col) out[r * w + col] = out[r * w + col] + in[r * w + col + shift] * v;
+          } else {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
+            for (int64_t r = from; r < to; ++r)
+              for (int64_t col = 0; col < w; ++col) out[r * w + col] = out[r * w + col] + in[(r + shift) * w + col] * v;
+          }
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// Inputs x, weight, dy; outputs dx (x's shape) and dweight (weight's shape).
+int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
+  const float *dy = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3), *dweight = arg<float>(params, 4);
+  const int64_t n_all = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t cout = shapes[1][0], per_group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
+  const int64_t taps = kh * kw, half = (taps - 1) / 2, hw = h * w;
+  const bool horizontal = kh == 1;
+  parallel_for(cout, [&](int64_t g) {
+    for (int64_t i = 0; i < per_group; ++i) {
+      const float *wt = weight + (g * per_group + i) * taps;
+      std::vector<double> dw(taps, 0.0);
+      for (int64_t n = 0; n < n_all; ++n) {
+        const float *in = x + (n * cin + g * per_group + i) * hw, *grad = dy + (n * cout + g) * hw;
+        float *din = dx + (n * cin + g * per_group + i) * hw;
+        std::fill(din, din + hw, 0.0f);
+        for (int64_t t = 0; t < taps; ++t) {
+          const float v = wt[t];
+          const int64_t shift = t - half;
+          float acc = 0.0f;
+          if (horizontal) {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
+            for (int64_t r = 0; r < h; ++r)
+              for (int64_t col = from; col < to; ++col) {
+                din[r * w + col + shift] += grad[r * w + col] * v;
+                acc += grad[r * w + col] * in[r * w + col + shift];
+              }
+          } else {
+            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
+            for (int64_t r = from; r < to; ++r)
+              for (int64_t col = 0; col < w; ++col) {
+                din[(r + shift) * w + col] += grad[r * w + col] * v;
+                acc += grad[r * w + col] * in[(r + shift) * w + col];
+              }
+          }
+          dw[t] += acc;
+        }
+      }
+      for (int64_t t = 0; t < taps; ++t) dweight[(g * per_group + i) * taps + t] = static_cast<float>(dw[t]);
+    }
+  });
+  return 0;
+}
+
+// Forward of Downsample's pooling; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output
+// and pool, the flat index in the input plane of the maximum (int32, shape (N, C, 4, OH*OW)).
+int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0);
+  float *y = arg<float>(params, 1);
+  int32_t *argmax = arg<int32_t>(params, 2);
+  const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2, size = oh * ow;
+  parallel_for(planes, [&](int64_t plane) {
+    const float *in = x + plane * h * w;
+    float *out = y + plane * size;
+    int32_t *index = argmax + plane * 4 * size;
+    // Separable: the maximum of each row segment (and its column), then of those down the rows.
+    std::vector<float> row_max(h * ow);
+    std::vector<int32_t> row_arg(h * ow);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = kPoolKernels[j];
+      const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
+      const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+      for (int64_t r = 0; r < h; ++r)
+        for (int64_t col = 0; col < ow; ++col) {
+          const int64_t c0 = std::max<int64_t>(col * 2 - left, 0), c1 = std::min<int64_t>(col * 2 - left + k, w);
+          int64_t best = c0;
+          for (int64_t i = c0 + 1; i < c1; ++i)
+            if (in[r * w + i] > in[r * w + best]) best = i;
+          row_max[r * ow + col] = in[r * w + best];
+          row_arg[r * ow + col] = static_cast<int32_t>(r * w + best);
+        }
+      for (int64_t r = 0; r < oh; ++r) {
+        const int64_t r0 = std::max<int64_t>(r * 2 - top, 0), r1 = std::min<int64_t>(r * 2 - top + k, h);
+        for (int64_t col = 0; col < ow; ++col) {
+          int64_t best = r0 * ow + col;
+          for (int64_t i = r0 + 1; i < r1; ++i)
+            if (row_max[i * ow + col] > row_max[best]) best = i * ow + col;
+          index[j * size + r * ow + col] = row_arg[best];
+          out[r * ow + col] = j == 0 ? row_max[best] : out[r * ow + col] + row_max[best];
+        }
+      }
+    }
+    for (int64_t i = 0; i < size; ++i) out[i] = out[i] / 4.0f;
+  });
+  return 0;
+}
+
+// Inputs x (for its shape), argmax, dy; output dx: each dy / 4 added at its four maxima.
+int Pool4TrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const int32_t *argmax = arg<const int32_t>(params, 1);
+  const float *dy = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3);
+  const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t size = ((h + 1) / 2) * ((w + 1) / 2);
+  parallel_for(planes, [&](int64_t plane) {
+    float *out = dx + plane * h * w;
+    std::fill(out, out + h * w, 0.0f);
+    const int32_t *index = argmax + plane * 4 * size;
+    const float *grad = dy + plane * size;
+    for (int j = 0; j < 4; ++j)
+      for (int64_t i = 0; i < size; ++i) out[index[j * size + i]] += grad[i] / 4.0f;
+  });
+  return 0;
+}
+
+}  // extern "C"
