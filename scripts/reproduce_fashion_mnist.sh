@@ -33,8 +33,8 @@ fi
 if [ "$what" != float ]; then
     train binary "configs/${stem}.yaml" "output/${stem}" "checkpoints/${model}_fashion_mnist.ckpt"
 fi
-"$PYTHON" eval.py --checkpoint_nm "$model"
-"$PYTHON" eval.py --checkpoint_nm "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.ckpt" --binary false
+"$PYTHON" eval.py --model "$model"
+"$PYTHON" eval.py --model "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.ckpt" --binary false
 "$PYTHON" scripts/plot_log.py "results/${model}_fashion_mnist_binary_log.csv:binary" \
     "results/${model}_fashion_mnist_float_log.csv:float" --title "$model on Fashion-MNIST" \
     --output "fig/${model}_fashion_mnist_curve.png"
