@@ -14,7 +14,7 @@ Format support with MindSpore 2.10 (CPU):
   elementary operators; and asymmetric conv paddings, which MindSpore writes in
   the wrong order, are fixed in the written file. onnxruntime agrees with the
   Cell to float rounding; a binary network can turn that into larger logit
-  differences (see README).
+  differences (see docs/deployment.md).
 - AIR: needs the Ascend backend (--platform Ascend).
 """
 import argparse

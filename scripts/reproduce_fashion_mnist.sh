@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Fashion-MNIST results, end to end, for one variant: train its float twin and its
+# The Fashion-MNIST results of docs/fashion-mnist.md, end to end, for one variant: train its float twin and its
 # binary net, keep their logs and settings in results/, install both checkpoints in checkpoints/
 # (eval.py's defaults), evaluate them and redraw the learning curves. Prints each run's wall-clock time.
 #   bash scripts/reproduce_fashion_mnist.sh [BiMLP_T14|BiMLP_T] [float|binary|all]
