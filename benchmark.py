@@ -6,7 +6,7 @@ machine's conditions; compare within a run, and look at the load in the header.
 
     python benchmark.py                       # everything (~1 hour on 2 cores)
     python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T/T14 training, data
-    python benchmark.py --only eval --models BiMLP_S --batches 1,8 --paths fast,upstream
+    python benchmark.py --only eval --model BiMLP_S --batches 1,8 --paths fast,upstream
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
@@ -42,18 +42,19 @@ BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
+# The variants each part measures unless --model names others: (eval, train).
+DEFAULT_MODELS = ("BiMLP_S,BiMLP_M", "BiMLP_T,BiMLP_T14,BiMLP_S")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="eval,train,data",
                         help="comma-separated parts to run: eval, train, data (default: all)")
-    parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
+    parser.add_argument("--model", help="comma-separated variants for every part (default: BiMLP_S,BiMLP_M "
+                        "for eval; BiMLP_T,BiMLP_T14,BiMLP_S for train, only the 28x28 ones with --quick)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
     parser.add_argument("--paths", default="upstream,fast,fused,float",
                         help="eval paths (default: upstream,fast,fused,float)")
-    parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
-                        help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
@@ -66,9 +67,17 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    eval_models, train_models = DEFAULT_MODELS
     if args.quick:
-        args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
-        args.train_models = ",".join(m for m in args.train_models.split(",") if is_small(m))
+        eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
+        train_models = ",".join(m for m in train_models.split(",") if is_small(m))
+    args.eval_models = (args.model or eval_models).split(",")
+    args.train_models = (args.model or train_models).split(",")
+    from src.wavemlp_20_3 import MODELS
+
+    unknown = sorted(set(args.eval_models + args.train_models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     return args
 
 
@@ -83,12 +92,13 @@ def configs(args):
     parts = args.only.split(",")
     out = []
     if "eval" in parts:
-        for model in args.models.split(","):
+        for model in args.eval_models:
             for batch in [int(b) for b in args.batches.split(",")]:
                 for path in args.paths.split(","):
-                    out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
+                    out.append({"kind": "eval", "model": model, "batch": batch,
+                                "size": 28 if is_small(model) else 224, "path": path})
     if "train" in parts:
-        for model in args.train_models.split(","):
+        for model in args.train_models:
             small = is_small(model)
             for path in ("upstream", "fast", "float"):
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
@@ -151,7 +161,8 @@ def run_eval(cfg):
 
     net = build(cfg)
     net.set_train(False)
-    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]))
+    channels = net.patch_embed.proj.weight.shape[1]
+    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"]))
                   .astype(np.float32))
     step_s, compile_s, calls = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
     return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
@@ -266,7 +277,7 @@ def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
              f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
-    for kind, title in (("eval", "Eval forward, random 224x224 inputs"),
+    for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
         chosen = [r for r in rows if r["kind"] == kind]
         if not chosen:

@@ -1,6 +1,6 @@
 """Pack a BiMLP checkpoint into sign bits + scales (.npz), or unpack it back to a .ckpt.
 
-    python pack.py --checkpoint_path bimlp_s.ckpt --checkpoint_nm BiMLP_S --output bimlp_s_packed.npz
+    python pack.py --checkpoint_path bimlp_s.ckpt --model BiMLP_S --output bimlp_s_packed.npz
     python pack.py --unpack --checkpoint_path bimlp_s_packed.npz --output bimlp_s_unpacked.ckpt
 
 The unpacked checkpoint gives bit-identical eval logits; see src/packing.py for the format.
@@ -12,16 +12,15 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import check_binary, check_compatible, read_checkpoint, save_atomic
-from src.context import UserError, run_cli, setup_device
+from src.context import UserError, add_model_argument, run_cli, setup_device
 from src.packing import pack_params, packable_layers, read_packed, save_packed, unpack_arrays
-from src.wavemlp_20_3 import MODELS, create_model
+from src.wavemlp_20_3 import create_model
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help=".ckpt to pack, or .npz to unpack")
-    parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS),
-                        help="variant of the checkpoint (packing only; the .npz records it)")
+    add_model_argument(parser, "BiMLP_S")
     parser.add_argument("--output", required=True, help="output .npz (pack) or .ckpt (unpack)")
     parser.add_argument("--unpack", action="store_true", help="turn a packed .npz back into a .ckpt")
     return parser.parse_args(argv)
@@ -39,9 +38,9 @@ def network_weights(path, model_name):
 
 
 def pack(args):
-    params, net = network_weights(args.checkpoint_path, args.checkpoint_nm)
+    params, net = network_weights(args.checkpoint_path, args.model)
     start_device()
-    arrays, kept_float = pack_params(params, packable_layers(net), args.checkpoint_nm)
+    arrays, kept_float = pack_params(params, packable_layers(net), args.model)
     save_packed(arrays, args.output)
     packed = sum(name.endswith("@signs") for name in arrays)
     print(f"packed {packed} binary layers' weights as sign bits + scales; "

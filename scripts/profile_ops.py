@@ -61,9 +61,10 @@ def build_call(args, net, x):
 def main():
     from src.config import parse_bool
     from src.context import run_cli, setup_device
+    from src.wavemlp_20_3 import MODELS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="BiMLP_S")
+    parser.add_argument("--model", default="BiMLP_S", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, help="input height = width (default: the variant's data, 224 or 28)")
     parser.add_argument("--train", action="store_true", help="profile a train step instead of an eval forward")

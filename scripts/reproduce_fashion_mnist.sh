@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Fashion-MNIST results, end to end, for one variant: train its float twin and its
+# The Fashion-MNIST results of docs/fashion-mnist.md, end to end, for one variant: train its float twin and its
 # binary net, keep their logs and settings in results/, install both checkpoints in checkpoints/
 # (eval.py's defaults), evaluate them and redraw the learning curves. Prints each run's wall-clock time.
 #   bash scripts/reproduce_fashion_mnist.sh [BiMLP_T14|BiMLP_T] [float|binary|all]
@@ -33,8 +33,8 @@ fi
 if [ "$what" != float ]; then
     train binary "configs/${stem}.yaml" "output/${stem}" "checkpoints/${model}_fashion_mnist.ckpt"
 fi
-"$PYTHON" eval.py --checkpoint_nm "$model"
-"$PYTHON" eval.py --checkpoint_nm "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.ckpt" --binary false
+"$PYTHON" eval.py --model "$model"
+"$PYTHON" eval.py --model "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.ckpt" --binary false
 "$PYTHON" scripts/plot_log.py "results/${model}_fashion_mnist_binary_log.csv:binary" \
     "results/${model}_fashion_mnist_float_log.csv:float" --title "$model on Fashion-MNIST" \
     --output "fig/${model}_fashion_mnist_curve.png"

@@ -5,6 +5,23 @@ import mindspore as ms
 
 from src.context import UserError
 
+# The committed checkpoints, one per Fashion-MNIST variant; eval.py and predict.py default to this one.
+SHIPPED_DEFAULT_MODEL = "BiMLP_T14"
+CHECKPOINTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+
+
+def shipped_checkpoint(model_name):
+    """The committed checkpoint of `model_name`: what eval.py and predict.py load without --checkpoint_path."""
+    from src.wavemlp_20_3 import models_for
+
+    if model_name not in models_for("fashion_mnist"):
+        raise UserError(f"--checkpoint_path is required for {model_name}: no checkpoint of it ships with the package")
+    path = os.path.join(CHECKPOINTS_DIR, f"{model_name}_fashion_mnist.ckpt")
+    if not os.path.isfile(path):
+        raise UserError(f"the default Fashion-MNIST checkpoint {path} does not exist yet: "
+                        f"train one with train.py, or pass --checkpoint_path")
+    return path
+
 
 def read_checkpoint(path):
     if not os.path.isfile(path):
@@ -40,7 +57,7 @@ def check_compatible(net, params, model_name, path):
             f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
     hint = guess_variant(weights, exclude=model_name)
     if hint:
-        lines.append(f"  this checkpoint looks like {hint}: try --checkpoint_nm {hint}")
+        lines.append(f"  this checkpoint looks like {hint}: try --model {hint}")
     if "head.weight" in shapes:
         lines.append(f"  the checkpoint has {weights['head.weight'][0]} classes: "
                      f"try --num_classes {weights['head.weight'][0]}")

@@ -97,7 +97,7 @@ def test_cli_round_trip_gives_identical_logits(tmp_path):
     net, params = seeded_params()
     ckpt, packed, unpacked = tmp_path / "t.ckpt", tmp_path / "t.npz", tmp_path / "t_unpacked.ckpt"
     ms.save_checkpoint(net, str(ckpt))
-    assert "packed 48 binary layers' weights" in run_pack("--checkpoint_path", str(ckpt), "--checkpoint_nm", "BiMLP_T",
+    assert "packed 48 binary layers' weights" in run_pack("--checkpoint_path", str(ckpt), "--model", "BiMLP_T",
                                                  "--output", str(packed))
     run_pack("--unpack", "--checkpoint_path", str(packed), "--output", str(unpacked))
     assert str(read_packed(str(packed))["model"]) == "BiMLP_T"

@@ -12,6 +12,7 @@ from PIL import Image
 
 import predict
 from conftest import ROOT
+from src.checkpoint import SHIPPED_DEFAULT_MODEL, load_weights, shipped_checkpoint
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
 from src.wavemlp_20_3 import create_model
@@ -50,11 +51,14 @@ def outputs(setup, tmp_path_factory):
     checkpoint, folder = setup
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
-    common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    common = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     commands = {"json": predict_command("--image", folder, "--json", *common),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
-                                          "--top_k", "3", *common)}
-    runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                          "--top_k", "3", *common),
+                "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json")}
+    # Run from elsewhere: the shipped checkpoint must be found from the script's folder, not the caller's.
+    elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
+    runs = {key: subprocess.Popen(command, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for key, command in commands.items()}
     results = {}
     for key, proc in runs.items():
@@ -98,6 +102,19 @@ def test_folder_as_json(setup, outputs):
     assert [p["top_k"][0]["class"] for p in result["predictions"]] == logits.argmax(1).tolist()
 
 
+def test_without_checkpoint_path_the_shipped_default_variant_predicts(setup, outputs):
+    result = json.loads(outputs["shipped"])
+    assert (result["model"], result["checkpoint"]) == (SHIPPED_DEFAULT_MODEL, shipped_checkpoint(SHIPPED_DEFAULT_MODEL))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = create_model(SHIPPED_DEFAULT_MODEL)
+    load_weights(net, result["checkpoint"], SHIPPED_DEFAULT_MODEL)
+    net.set_train(False)
+    logits = net(ms.Tensor(preprocess_image_file(os.path.join(setup[1], "0.png"), "fashion_mnist")[None])).asnumpy()
+    top = result["predictions"][0]["top_k"]
+    assert [entry["class"] for entry in top] == np.argsort(-logits[0], kind="stable")[:5].tolist()
+    assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+
+
 def test_single_image_readable_with_class_file(outputs):
     lines = outputs["single"].strip().splitlines()
     assert lines[0].endswith("0.png")
@@ -119,6 +136,7 @@ def test_synset_mapping_and_plain_names(tmp_path):
     ("empty", "no images"),
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
+    ("no_shipped_checkpoint", "--checkpoint_path is required for BiMLP_S"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -126,9 +144,11 @@ def test_errors(case, message, setup, tmp_path, capsys):
              "broken": os.path.join(folder, "broken.png")}.get(case, os.path.join(folder, "0.png"))
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    argv = ["--image", image, "--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
+    if case == "no_shipped_checkpoint":
+        argv = ["--image", image, "--model", "BiMLP_S"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2
