@@ -104,6 +104,18 @@ def train_data(config, epoch, rank, world):
     return dataset
 
 
+def use_training_kernels(config):
+    """--fused: the fused training kernels on CPU by default when they build; true insists."""
+    from src import fused
+
+    if config["fused"] is None:
+        return config["platform"] == "CPU" and fused.available()
+    if config["fused"] and not (config["platform"] == "CPU" and fused.available()):
+        raise UserError("--fused true needs --platform CPU and a working C++ compiler (g++); "
+                        "use --fused false for MindSpore's operators")
+    return config["fused"]
+
+
 def build_teacher(config, num_classes):
     if not config["teacher_checkpoint"]:
         return None
@@ -238,9 +250,9 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         save_config(config, os.path.join(out, "config.yaml"))
 
-    # fused=None: the per-epoch validation runs the fused CPU kernels when it can (eval mode only).
+    # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
-                       binary=config["binary"], fused=None)
+                       binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
     steps_per_epoch = train_data(config, 1, rank, world).get_dataset_size()
     schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
                            config["epochs"], steps_per_epoch)
@@ -262,7 +274,8 @@ def main(argv=None):
     if rank == 0:
         print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
-              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}",
+              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}, "
+              f"{'fused CPU training kernels' if net.fused_training else 'MindSpore operators'}",
               flush=True)
     run_start = time.time()
     last_path = os.path.join(out, "last.ckpt")

@@ -7,6 +7,7 @@ operations in the same order, so logits stay bit-identical. The library is compi
 with the system C++ compiler on first use and cached; without a compiler the
 network simply runs its unfused operators.
 """
+import ctypes
 import hashlib
 import os
 import platform
@@ -22,7 +23,7 @@ from src.context import cache_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc")]
-HEADERS = [os.path.join(HERE, "fused_sincos.h")]
+HEADERS = [os.path.join(HERE, "fused_common.h")]
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
@@ -93,6 +94,13 @@ def available():
     import mindspore as ms
 
     return ms.get_context("device_target") == "CPU" and library_path() is not None
+
+
+def kernel_calls():
+    """How many inference and training kernels have run in this process (the path taken)."""
+    library = ctypes.CDLL(library_path())
+    library.BimlpKernelCalls.restype = ctypes.c_int64
+    return {"inference": library.BimlpKernelCalls(0), "training": library.BimlpKernelCalls(1)}
 
 
 def _same_shape(*shapes):

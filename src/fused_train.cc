@@ -7,13 +7,14 @@
 // Forward values follow the operators' order where that is cheap (the binarization, the
 // line convolutions, the pooling); batch statistics are summed in double.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
 
-#include "fused_sincos.h"
+#include "fused_common.h"
 
 namespace {
 
@@ -203,15 +204,23 @@ int bn_act_backward(void **params, int64_t **shapes) {
 // order is recorded, so the backward routes dy / 4 to it.
 const int kPoolKernels[4] = {2, 3, 5, 7};
 
+std::atomic<int64_t> kernel_calls[2];
+
 }  // namespace
 
 extern "C" {
 
+void BimlpCountCall(int kind) { kernel_calls[kind].fetch_add(1, std::memory_order_relaxed); }
+
+int64_t BimlpKernelCalls(int kind) { return kernel_calls[kind].load(); }
+
 int BnActTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   return bn_act_forward<false>(params, shapes);
 }
 
 int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   return bn_act_forward<true>(params, shapes);
 }
 
@@ -225,6 +234,7 @@ int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **
 
 // t = x + bias, q = rint(clip(t, -1, 1)): a LearnableBias and the 1-bit activation quantizer.
 int MoveBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *bias = arg<const float>(params, 1);
   float *t = arg<float>(params, 2), *q = arg<float>(params, 3);
   const Dims d = dims_of(shapes[0]);
@@ -271,6 +281,7 @@ struct PlaneTrig {
 // PATM's phase input: p = concat(x cos(theta), x sin(theta)) + bias (2C channels) and
 // q = rint(clip(p, -1, 1)), with MindSpore's Cos and Sin values.
 int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
   const float *bias = arg<const float>(params, 2);
   float *p = arg<float>(params, 3), *q = arg<float>(params, 4);
@@ -324,6 +335,7 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
 // on both sides, stride 1: out[n, g] = sum_i sum_t w[g, i, t] * x[n, g * per_group + i, . + t - half].
 // Summed input channel by input channel, taps in order, as oneDNN's kernel for these layers.
 int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
   float *y = arg<float>(params, 2);
   const int64_t n_all = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
@@ -403,6 +415,7 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
 // Forward of Downsample's pooling; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output
 // and pool, the flat index in the input plane of the maximum (int32, shape (N, C, 4, OH*OW)).
 int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   const float *x = arg<const float>(params, 0);
   float *y = arg<float>(params, 1);
   int32_t *argmax = arg<int32_t>(params, 2);

@@ -1,9 +1,12 @@
-// sin and cos of float32 angles as MindSpore's CPU Sin and Cos compute them, shared by the
-// inference (fused_cpu.cc) and training (fused_train.cc) kernels.
+// Shared by the inference (fused_cpu.cc) and training (fused_train.cc) kernels.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+// Counts kernel calls by kind (0: inference, 1: training), so tests can tell which path a
+// network ran: both give the same values, so equal outputs cannot tell.
+extern "C" void BimlpCountCall(int kind);
 
 namespace {
 
