@@ -11,10 +11,12 @@ machine's conditions; compare within a run, and look at the load in the header.
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
 Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
-MindSpore operators alone (fast=True, fused=False), "fused" the default network
-(fast=True plus the fused CPU kernels of src/fused_cpu.cc, eval only), "float" the
-float twin (binary=False, fast=True). All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
-environment sets it (see src/context.py).
+MindSpore operators alone (fast=True, fused=False), "fused" the network as eval.py and
+train.py run it on CPU (the fused kernels of src/fused_cpu.cc in eval, of src/fused_train.cc
+in training), "float" the float twin (binary=False, fast=True) and "float_fused" the float
+twin with the training kernels. Eval speeds are compared with upstream, train speeds with the
+same network on MindSpore's operators. All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2
+unless the environment sets it (see src/context.py).
 """
 import argparse
 import datetime
@@ -32,9 +34,11 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
-    "fused": {"binary": True, "fast": True, "fused": True},
+    "fused": {"binary": True, "fast": True, "fused": True, "fused_training": True},
     "float": {"binary": False, "fast": True},
+    "float_fused": {"binary": False, "fast": True, "fused_training": True},
 }
+TRAIN_PATHS = ("upstream", "fast", "fused", "float", "float_fused")
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
@@ -100,7 +104,7 @@ def configs(args):
     if "train" in parts:
         for model in args.train_models:
             small = is_small(model)
-            for path in ("upstream", "fast", "float"):
+            for path in TRAIN_PATHS:
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
                             "size": 28 if small else 224, "path": path})
     if "data" in parts:
@@ -260,11 +264,19 @@ def machine():
             "load_start": os.getloadavg()[0]}
 
 
+def baseline(row):
+    """What a row's speed is compared with: eval, the upstream-style network; training, the same
+    network on MindSpore's own operators (fast, or float for the float twin)."""
+    if row["kind"] == "eval":
+        return "upstream"
+    return "float" if row["path"].startswith("float") else "fast"
+
+
 def speedup(row, rows):
-    """This row's img/s over the upstream path's for the same model, batch and kind."""
+    """This row's img/s over its baseline's for the same model, batch and kind."""
     for other in rows:
         if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
-                (row["kind"], row.get("model"), row["batch"], "upstream") and "img_s" in other:
+                (row["kind"], row.get("model"), row["batch"], baseline(row)) and "img_s" in other:
             return row["img_s"] / other["img_s"]
     return None
 
@@ -283,7 +295,8 @@ def markdown(meta, rows):
         if not chosen:
             continue
         lines += [f"**{title}**", "",
-                  "| model | input | batch | path | img/s | x upstream | peak RSS GB | GB/img | compile s | load |",
+                  f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
+                  "| peak RSS GB | GB/img | compile s | load |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r

@@ -173,6 +173,11 @@ def _bn_act_outputs(*shapes):
     return shapes[0], _channels_of(*shapes), _channels_of(*shapes)
 
 
+def _phase_outputs(*shapes):
+    n, c, h, w = shapes[0]
+    return (n, 2 * c, h, w), (n, 2 * c, h, w), shapes[0], shapes[0]
+
+
 def _pool4_outputs(*shapes):
     n, c, h, w = shapes[0]
     return (n, c, (h + 1) // 2, (w + 1) // 2), (n, c, 4, ((h + 1) // 2) * ((w + 1) // 2))
@@ -207,7 +212,7 @@ class TrainKernels(nn.Cell):
             return dx, dbias.reshape(bias.shape)
 
         def phase_bprop(x, theta, bias, out, dout):
-            dx, dtheta, dbias = phase_grad(x, theta, out[0], dout[0], dout[1])
+            dx, dtheta, dbias = phase_grad(x, out[2], out[3], out[0], dout[0], dout[1])
             return dx, dtheta, dbias.reshape(bias.shape)
 
         def pool4_bprop(x, out, dout):
@@ -216,8 +221,7 @@ class TrainKernels(nn.Cell):
         self.bn_act = _kernel_with_grad("BnActTrain", _bn_act_outputs, _floats(3), bn_act_bprop)
         self.bn_act_add = _kernel_with_grad("BnActAddTrain", _bn_act_outputs, _floats(3), bn_act_add_bprop)
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
-        self.phase_move = _kernel_with_grad("PhaseMoveTrain", lambda *s: ((s[0][0], 2 * s[0][1], *s[0][2:]),) * 2,
-                                            _dtype_twice, phase_bprop)
+        self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
         self.line_conv = _kernel("LineConv", lambda x, w: (x[0], w[0], x[2], x[3]))
         self.line_conv_grad = _kernel("LineConvGrad", lambda *s: (s[0], s[1]), _floats(2))
@@ -263,7 +267,8 @@ def phase_quantize(kernels, move, conv, x, theta):
     if kernels is None or not conv.binary_input:
         p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
         return p, conv.quantize_input(p)
-    return kernels.phase_move(x, theta, move.bias)
+    p, q, _, _ = kernels.phase_move(x, theta, move.bias)
+    return p, q
 
 
 def pool4(kernels, pools, x):

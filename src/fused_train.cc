@@ -204,6 +204,42 @@ int bn_act_backward(void **params, int64_t **shapes) {
 // order is recorded, so the backward routes dy / 4 to it.
 const int kPoolKernels[4] = {2, 3, 5, 7};
 
+// Grouped 1xK / Kx1 convolutions with one output channel per group, zero padding (K - 1) / 2 on
+// both sides, stride 1. A plane is laid out with its padding in a buffer so that tap t is one
+// contiguous shift by t * step for the whole plane (step 1 along rows, whose padded width is
+// w + K - 1, or w along columns): each tap is one long vectorizable loop. The padding's zeros add
+// +0 to sums that never are -0, so results equal the unpadded sums.
+struct LineLayout {
+  int64_t h, w, taps, half, width, step, size;
+  bool horizontal;
+  LineLayout(const int64_t *x_shape, const int64_t *w_shape)
+      : h(x_shape[2]), w(x_shape[3]), taps(w_shape[2] * w_shape[3]), half((taps - 1) / 2),
+        width(w_shape[2] == 1 ? w + taps - 1 : w), step(w_shape[2] == 1 ? 1 : w),
+        size(h * width), horizontal(w_shape[2] == 1) {}
+  int64_t padded_size() const { return horizontal ? size + taps - 1 : (h + taps - 1) * w; }
+  // Position of input (r, c) in the padded buffer, and of output (r, c) in an accumulator:
+  // output j reads tap t at padded position j + t * step.
+  int64_t padded(int64_t r, int64_t c) const { return horizontal ? r * width + c + half : (r + half) * w + c; }
+  int64_t acc(int64_t r, int64_t c) const { return r * width + c; }
+};
+
+// Copies a plane into / out of a padded buffer (positions outside the plane keep their zeros).
+void pad_plane(const LineLayout &l, const float *plane, float *buffer) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(buffer + l.padded(r, 0), plane + r * l.w, l.w * sizeof(float));
+}
+
+void unpad_plane(const LineLayout &l, const float *buffer, float *plane) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, buffer + l.padded(r, 0), l.w * sizeof(float));
+}
+
+void put_acc(const LineLayout &l, const float *plane, float *acc) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(acc + l.acc(r, 0), plane + r * l.w, l.w * sizeof(float));
+}
+
+void take_acc(const LineLayout &l, const float *acc, float *plane) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, acc + l.acc(r, 0), l.w * sizeof(float));
+}
+
 std::atomic<int64_t> kernel_calls[2];
 
 }  // namespace
@@ -270,30 +306,24 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
   return 0;
 }
 
-// sin and cos of one plane of angles, into per-thread buffers.
-struct PlaneTrig {
-  std::vector<float> sine, cosine;
-  std::vector<int32_t> unsure;
-  explicit PlaneTrig(int64_t hw) : sine(hw), cosine(hw), unsure(hw) {}
-  void of(const float *theta, int64_t hw) { sincos_rounded(theta, sine.data(), cosine.data(), unsure.data(), hw); }
-};
-
 // PATM's phase input: p = concat(x cos(theta), x sin(theta)) + bias (2C channels) and
-// q = rint(clip(p, -1, 1)), with MindSpore's Cos and Sin values.
+// q = rint(clip(p, -1, 1)), with MindSpore's Cos and Sin values, which are also returned
+// (outputs p, q, cos, sin) for the gradient.
 int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
   const float *bias = arg<const float>(params, 2);
-  float *p = arg<float>(params, 3), *q = arg<float>(params, 4);
+  float *p = arg<float>(params, 3), *q = arg<float>(params, 4), *cosine = arg<float>(params, 5);
+  float *sine = arg<float>(params, 6);
   const Dims d = dims_of(shapes[0]);
   parallel_for(d.c, [&](int64_t c) {
     const float bc = bias[c], bs = bias[d.c + c];
-    PlaneTrig trig(d.hw);
+    std::vector<int32_t> unsure(d.hw);
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
-      trig.of(theta + o, d.hw);
+      sincos_rounded(theta + o, sine + o, cosine + o, unsure.data(), d.hw);
       for (int64_t i = 0; i < d.hw; ++i) {
-        const float vc = x[o + i] * trig.cosine[i] + bc, vs = x[o + i] * trig.sine[i] + bs;
+        const float vc = x[o + i] * cosine[o + i] + bc, vs = x[o + i] * sine[o + i] + bs;
         p[oc + i] = vc;
         p[os + i] = vs;
         q[oc + i] = binarize(vc);
@@ -304,23 +334,22 @@ int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, v
   return 0;
 }
 
-// Inputs x, theta, p, dp, dq; outputs dx, dtheta, dbias (2C).
+// Inputs x, cos, sin, p, dp, dq; outputs dx, dtheta, dbias (2C).
 int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
-  const float *p = arg<const float>(params, 2), *dp = arg<const float>(params, 3), *dq = arg<const float>(params, 4);
-  float *dx = arg<float>(params, 5), *dtheta = arg<float>(params, 6), *dbias = arg<float>(params, 7);
+  const float *x = arg<const float>(params, 0), *cosine = arg<const float>(params, 1);
+  const float *sine = arg<const float>(params, 2), *p = arg<const float>(params, 3);
+  const float *dp = arg<const float>(params, 4), *dq = arg<const float>(params, 5);
+  float *dx = arg<float>(params, 6), *dtheta = arg<float>(params, 7), *dbias = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
   parallel_for(d.c, [&](int64_t c) {
     double sums[2] = {0.0, 0.0};
-    PlaneTrig trig(d.hw);
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
-      trig.of(theta + o, d.hw);
       plane_sums<2>(d.hw, [&](int64_t i, float *v) {
         const float gc = dp[oc + i] + dq[oc + i] * ste(p[oc + i]);
         const float gs = dp[os + i] + dq[os + i] * ste(p[os + i]);
-        dx[o + i] = gc * trig.cosine[i] + gs * trig.sine[i];
-        dtheta[o + i] = x[o + i] * (gs * trig.cosine[i] - gc * trig.sine[i]);
+        dx[o + i] = gc * cosine[o + i] + gs * sine[o + i];
+        dtheta[o + i] = x[o + i] * (gs * cosine[o + i] - gc * sine[o + i]);
         v[0] = gc;
         v[1] = gs;
       }, sums);
@@ -331,37 +360,29 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
   return 0;
 }
 
-// Grouped 1xK / Kx1 convolution with one output channel per group, zero padding (K - 1) / 2
-// on both sides, stride 1: out[n, g] = sum_i sum_t w[g, i, t] * x[n, g * per_group + i, . + t - half].
-// Summed input channel by input channel, taps in order, as oneDNN's kernel for these layers.
+// out[n, g] = sum_i sum_t w[g, i, t] * x[n, g * per_group + i, . + t - half], summed input
+// channel by input channel and taps in order, as oneDNN's kernel for these layers.
 int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
   float *y = arg<float>(params, 2);
-  const int64_t n_all = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-  const int64_t cout = shapes[1][0], per_group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
-  const int64_t taps = kh * kw, half = (taps - 1) / 2, hw = h * w;
-  const bool horizontal = kh == 1;
+  const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
+  const LineLayout l(shapes[0], shapes[1]);
+  const int64_t hw = l.h * l.w;
   parallel_for(cout, [&](int64_t g) {
-    for (int64_t n = 0; n < n_all; ++n) {
-      float *out = y + (n * cout + g) * hw;
-      std::fill(out, out + hw, 0.0f);
+    std::vector<float> padded(l.padded_size(), 0.0f), acc(l.size);
+    for (int64_t n = 0; n < batch; ++n) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t i = 0; i < per_group; ++i) {
-        const float *in = x + (n * cin + g * per_group + i) * hw, *wt = weight + (g * per_group + i) * taps;
-        for (int64_t t = 0; t < taps; ++t) {
+        pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
+        const float *wt = weight + (g * per_group + i) * l.taps;
+        for (int64_t t = 0; t < l.taps; ++t) {
           const float v = wt[t];
-          const int64_t shift = t - half;
-          if (horizontal) {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
-            for (int64_t r = 0; r < h; ++r)
-              for (int64_t col = from; col < to; ++col) out[r * w + col] = out[r * w + col] + in[r * w + col + shift] * v;
-          } else {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
-            for (int64_t r = from; r < to; ++r)
-              for (int64_t col = 0; col < w; ++col) out[r * w + col] = out[r * w + col] + in[(r + shift) * w + col] * v;
-          }
+          const float *in = padded.data() + t * l.step;
+          for (int64_t j = 0; j < l.size; ++j) acc[j] = acc[j] + in[j] * v;
         }
       }
+      take_acc(l, acc.data(), y + (n * cout + g) * hw);
     }
   });
   return 0;
@@ -372,42 +393,32 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
   const float *dy = arg<const float>(params, 2);
   float *dx = arg<float>(params, 3), *dweight = arg<float>(params, 4);
-  const int64_t n_all = shapes[0][0], cin = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-  const int64_t cout = shapes[1][0], per_group = shapes[1][1], kh = shapes[1][2], kw = shapes[1][3];
-  const int64_t taps = kh * kw, half = (taps - 1) / 2, hw = h * w;
-  const bool horizontal = kh == 1;
+  const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
+  const LineLayout l(shapes[0], shapes[1]);
+  const int64_t hw = l.h * l.w;
   parallel_for(cout, [&](int64_t g) {
-    for (int64_t i = 0; i < per_group; ++i) {
-      const float *wt = weight + (g * per_group + i) * taps;
-      std::vector<double> dw(taps, 0.0);
-      for (int64_t n = 0; n < n_all; ++n) {
-        const float *in = x + (n * cin + g * per_group + i) * hw, *grad = dy + (n * cout + g) * hw;
-        float *din = dx + (n * cin + g * per_group + i) * hw;
-        std::fill(din, din + hw, 0.0f);
-        for (int64_t t = 0; t < taps; ++t) {
+    std::vector<float> padded(l.padded_size(), 0.0f), grad(l.size, 0.0f), dpadded(l.padded_size());
+    std::vector<double> dw(per_group * l.taps, 0.0);
+    for (int64_t n = 0; n < batch; ++n) {
+      put_acc(l, dy + (n * cout + g) * hw, grad.data());  // columns past w stay 0
+      for (int64_t i = 0; i < per_group; ++i) {
+        pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
+        std::fill(dpadded.begin(), dpadded.end(), 0.0f);
+        const float *wt = weight + (g * per_group + i) * l.taps;
+        for (int64_t t = 0; t < l.taps; ++t) {
+          const int64_t shift = t * l.step;
           const float v = wt[t];
-          const int64_t shift = t - half;
-          float acc = 0.0f;
-          if (horizontal) {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(w, w - shift);
-            for (int64_t r = 0; r < h; ++r)
-              for (int64_t col = from; col < to; ++col) {
-                din[r * w + col + shift] += grad[r * w + col] * v;
-                acc += grad[r * w + col] * in[r * w + col + shift];
-              }
-          } else {
-            const int64_t from = std::max<int64_t>(0, -shift), to = std::min<int64_t>(h, h - shift);
-            for (int64_t r = from; r < to; ++r)
-              for (int64_t col = 0; col < w; ++col) {
-                din[(r + shift) * w + col] += grad[r * w + col] * v;
-                acc += grad[r * w + col] * in[(r + shift) * w + col];
-              }
-          }
-          dw[t] += acc;
+          float *din = dpadded.data() + shift;
+          const float *in = padded.data() + shift;
+          for (int64_t j = 0; j < l.size; ++j) din[j] += grad[j] * v;
+          double total = 0.0;
+          plane_sums<1>(l.size, [&](int64_t j, float *value) { value[0] = grad[j] * in[j]; }, &total);
+          dw[i * l.taps + t] += total;
         }
+        unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
       }
-      for (int64_t t = 0; t < taps; ++t) dweight[(g * per_group + i) * taps + t] = static_cast<float>(dw[t]);
     }
+    for (int64_t k = 0; k < per_group * l.taps; ++k) dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k]);
   });
   return 0;
 }
@@ -425,9 +436,10 @@ int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void 
     const float *in = x + plane * h * w;
     float *out = y + plane * size;
     int32_t *index = argmax + plane * 4 * size;
-    // Separable: the maximum of each row segment (and its column), then of those down the rows.
-    std::vector<float> row_max(h * ow);
-    std::vector<int32_t> row_arg(h * ow);
+    // Separable: the maximum of each row segment (and its column), then of those down the rows,
+    // a whole output row at a time. Strict > keeps the first maximum in row-major order.
+    std::vector<float> row_max(h * ow), best(ow);
+    std::vector<int32_t> row_arg(h * ow), arg(ow);
     for (int j = 0; j < 4; ++j) {
       const int64_t k = kPoolKernels[j];
       const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
@@ -435,20 +447,33 @@ int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void 
       for (int64_t r = 0; r < h; ++r)
         for (int64_t col = 0; col < ow; ++col) {
           const int64_t c0 = std::max<int64_t>(col * 2 - left, 0), c1 = std::min<int64_t>(col * 2 - left + k, w);
-          int64_t best = c0;
-          for (int64_t i = c0 + 1; i < c1; ++i)
-            if (in[r * w + i] > in[r * w + best]) best = i;
-          row_max[r * ow + col] = in[r * w + best];
-          row_arg[r * ow + col] = static_cast<int32_t>(r * w + best);
+          const float *line = in + r * w;
+          float m = line[c0];
+          int64_t at = c0;
+          for (int64_t i = c0 + 1; i < c1; ++i) {
+            const bool larger = line[i] > m;
+            m = larger ? line[i] : m;
+            at = larger ? i : at;
+          }
+          row_max[r * ow + col] = m;
+          row_arg[r * ow + col] = static_cast<int32_t>(r * w + at);
         }
       for (int64_t r = 0; r < oh; ++r) {
         const int64_t r0 = std::max<int64_t>(r * 2 - top, 0), r1 = std::min<int64_t>(r * 2 - top + k, h);
-        for (int64_t col = 0; col < ow; ++col) {
-          int64_t best = r0 * ow + col;
-          for (int64_t i = r0 + 1; i < r1; ++i)
-            if (row_max[i * ow + col] > row_max[best]) best = i * ow + col;
-          index[j * size + r * ow + col] = row_arg[best];
-          out[r * ow + col] = j == 0 ? row_max[best] : out[r * ow + col] + row_max[best];
+        std::copy(row_max.begin() + r0 * ow, row_max.begin() + (r0 + 1) * ow, best.begin());
+        std::copy(row_arg.begin() + r0 * ow, row_arg.begin() + (r0 + 1) * ow, arg.begin());
+        for (int64_t i = r0 + 1; i < r1; ++i)
+          for (int64_t col = 0; col < ow; ++col) {
+            const bool larger = row_max[i * ow + col] > best[col];
+            best[col] = larger ? row_max[i * ow + col] : best[col];
+            arg[col] = larger ? row_arg[i * ow + col] : arg[col];
+          }
+        float *dst = out + r * ow;
+        std::copy(arg.begin(), arg.end(), index + j * size + r * ow);
+        if (j == 0) {
+          std::copy(best.begin(), best.end(), dst);
+        } else {
+          for (int64_t col = 0; col < ow; ++col) dst[col] = dst[col] + best[col];
         }
       }
     }
