@@ -43,7 +43,7 @@ master_port=$((10#$master_port)); cluster_timeout=$((10#$cluster_timeout))
     fail "LOCAL_WORKERS must be 1..WORKERS ($workers), got $local_workers"
 # msrun numbers ranks node_rank * LOCAL_WORKERS + local index: every node runs LOCAL_WORKERS workers.
 [ $((workers % local_workers)) -eq 0 ] ||
-    fail "WORKERS ($workers) must be a multiple of LOCAL_WORKERS ($local_workers): every node runs LOCAL_WORKERS workers"
+    fail "WORKERS ($workers) must be a multiple of LOCAL_WORKERS ($local_workers), the workers of each node"
 nodes=$((workers / local_workers))
 [ "$node_rank" -lt "$nodes" ] || fail "NODE_RANK must be 0..$((nodes - 1)) for $nodes node(s), got $node_rank"
 [ "$master_port" -ge 1024 ] && [ "$master_port" -le 65535 ] || fail "MASTER_PORT must be 1024..65535, got $master_port"
