@@ -115,3 +115,23 @@ def test_a_bad_cluster_shape_is_one_clear_error_before_anything_starts(workers, 
     result = subprocess.run(["bash", LAUNCHER, workers, CONFIG], cwd=ROOT, capture_output=True, text=True,
                             timeout=30, env={**os.environ, **env})
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}") and not result.stdout
+
+
+@pytest.mark.parametrize("distribute,device", [("true", 5), ("false", 2)])
+def test_each_msrun_worker_takes_the_device_msrun_gives_it(monkeypatch, distribute, device):
+    import train
+
+    chosen = []
+
+    class Chosen(Exception):
+        pass
+
+    def record_and_stop(platform, device_id, mode):
+        chosen.append(device_id)
+        raise Chosen
+
+    monkeypatch.setattr(train, "setup_device", record_and_stop)
+    monkeypatch.setenv("DEVICE_ID", "5")  # msrun sets it to the worker's rank on its node
+    with pytest.raises(Chosen):
+        train.main(["--config", CONFIG, "--distribute", distribute, "--device_id", "2"])
+    assert chosen == [device]
