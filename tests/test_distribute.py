@@ -29,10 +29,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_node(node_rank, port, log_dir, flags, timeout=60):
+def start_node(node_rank, port, log_dir, flags, timeout=60, workers=2):
+    """One launcher invocation: node node_rank, with one CPU worker, of a job of `workers`."""
     env = dict(os.environ, PYTHON=sys.executable, LOCAL_WORKERS="1", NODE_RANK=str(node_rank),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CLUSTER_TIMEOUT=str(timeout), LOG_DIR=str(log_dir))
-    return subprocess.Popen(["bash", LAUNCHER, "2", CONFIG, *flags], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen(["bash", LAUNCHER, str(workers), CONFIG, *flags], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -66,18 +67,23 @@ def run_two_nodes(tmp_path, name, flags_of_node):
     return text, {int(rank): (data, params) for rank, data, params in DIGESTS.findall(text)}
 
 
-def test_two_nodes_train_in_sync_resume_from_a_shared_path_and_an_unreachable_master_fails(tmp_path):
+def test_two_nodes_train_in_sync_and_resume_from_a_shared_path_failures_are_one_line(tmp_path):
     data = str(tmp_path / "fashion")
     write_idx(data, "train", *read_idx("train", 64))
     write_idx(data, "test", *read_idx("test", 16))
     common = ["--dataset_path", data, "--batch_size", "8", "--steps_per_epoch", "2", "--epochs", "1",
               "--num_workers", "1", "--log_every", "1", "--mode", "pynative"]
     shared = tmp_path / "out"
-    # Started first, it waits for a master nobody runs while the real job trains.
+    # Started first, they fail while the real job trains: a node whose master nobody runs, and a
+    # one-machine job (the launcher's defaults) whose worker stops with an error of its own.
     lonely = start_node(1, free_port(), tmp_path / "lonely_log", [*common, "--output_dir", str(tmp_path / "lonely")],
                         timeout=UNREACHABLE_TIMEOUT)
-    waiter = ThreadPoolExecutor(1)
+    missing = tmp_path / "missing.ckpt"
+    broken = start_node(0, free_port(), tmp_path / "broken_log",
+                        [*common, "--output_dir", str(tmp_path / "broken"), "--resume", str(missing)], workers=1)
+    waiter = ThreadPoolExecutor(2)
     lonely_result = waiter.submit(finish, lonely, UNREACHABLE_TIMEOUT + 120)
+    broken_result = waiter.submit(finish, broken, 120)
 
     own_disk = {0: shared, 1: tmp_path / "node1_out"}
     _, trained = run_two_nodes(tmp_path, "train", lambda rank: [*common, "--output_dir", str(own_disk[rank])])
@@ -94,6 +100,10 @@ def test_two_nodes_train_in_sync_resume_from_a_shared_path_and_an_unreachable_ma
     assert text.count(f"resumed from {shared / 'last.ckpt'}: 1 epochs done") == 2
     assert resumed[0][1] == resumed[1][1] == trained[0][1], "a rank did not load the shared checkpoint"
 
+    code, out, err, _ = broken_result.result()
+    assert "node 0 of 1: " in out and "--local_worker_num=1 " in out
+    assert code == 2 and err.strip().endswith(f"error: worker_0.log: nothing to resume: {missing} does not exist"), \
+        err[-2000:]
     code, _, err, seconds = lonely_result.result()
     waiter.shutdown()
     assert code == 2 and "Traceback" not in err, f"the unreachable node ended with {code} after {seconds:.0f} s"
