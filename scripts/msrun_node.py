@@ -50,7 +50,10 @@ def failure_reason(args):
 
 def main():
     args = get_args()
-    manager = _ProcessManager(args)
+    try:
+        manager = _ProcessManager(args)
+    except RuntimeError as err:  # msrun resolves MASTER_ADDR and finds this machine's address towards it
+        raise UserError(f"MASTER_ADDR {args.master_addr!r} is not usable: {str(err).split('.')[0]}") from None
     if args.node_rank > 0:
         manager.is_master = False
     elif args.node_rank == 0 and not manager.is_master:

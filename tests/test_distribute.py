@@ -127,6 +127,20 @@ def test_a_bad_cluster_shape_is_one_clear_error_before_anything_starts(workers, 
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}") and not result.stdout
 
 
+@pytest.mark.parametrize("address,message", [
+    ("198.51.100.1", "node rank 0 runs the scheduler, so MASTER_ADDR must be an address of this machine; "
+                     "198.51.100.1 is not"),
+    ("no-such-host.invalid", "MASTER_ADDR 'no-such-host.invalid' is not usable: DNS resolution has failed"),
+])
+def test_node_rank_0_needs_a_master_address_of_its_own(tmp_path, address, message):
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_ADDR=address, LOCAL_WORKERS="1", CLUSTER_TIMEOUT="5",
+               LOG_DIR=str(tmp_path))
+    result = subprocess.run(["bash", LAUNCHER, "2", CONFIG], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr[-2000:]
+    assert not os.listdir(tmp_path), "msrun started a process"
+
+
 @pytest.mark.parametrize("distribute,device", [("true", 5), ("false", 2)])
 def test_each_msrun_worker_takes_the_device_msrun_gives_it(monkeypatch, distribute, device):
     import train
