@@ -8,16 +8,17 @@ msrun starts the scheduler on every node that owns MASTER_ADDR. When several nod
 host (containers on the host network, or two nodes on loopback) each of them would start one,
 and every msrun but the first would fail on the taken port after its workers had trained.
 Here node rank 0 starts it, and MASTER_ADDR must be one of node rank 0's own addresses.
+This drives msrun's own process manager (MindSpore 2.10, as requirements.txt pins).
 """
 import glob
 import os
 import sys
 
+from mindspore.parallel.cluster.process_entity import _ProcessManager
+from mindspore.parallel.cluster.run import get_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-from mindspore.parallel.cluster.process_entity import _ProcessManager  # noqa: E402
-from mindspore.parallel.cluster.run import get_args  # noqa: E402
 
 from src.context import UserError, run_cli  # noqa: E402
 
