@@ -23,7 +23,7 @@ from mindspore import nn, ops
 
 from src.checkpoint import BINARY_MARKER, STATE_PREFIX, load_weights, read_checkpoint, save_atomic
 from src.config import add_arguments, load_config, save_config
-from src.context import UserError, run_cli, setup_device
+from src.context import UserError, default_device_id, run_cli, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
 from src.evaluation import evaluate, format_duration
 from src.optim import create_optimizer, lr_schedule
@@ -239,7 +239,9 @@ def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start, di
 
 def main(argv=None):
     config = parse_config(argv)
-    setup_device(config["platform"], config["device_id"], config["mode"])
+    # Under msrun every worker has its own device: DEVICE_ID, its rank on this node. --device_id is for one.
+    device_id = default_device_id() if config["distribute"] else config["device_id"]
+    setup_device(config["platform"], device_id, config["mode"])
     rank, world = init_distributed(config)
     ms.set_seed(config["seed"])
     num_classes = config["num_classes"] or num_classes_of(config["dataset"], split_path(config, "val"))
