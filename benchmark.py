@@ -141,16 +141,18 @@ def peak_rss_gb():
 
 def timed(step, min_seconds, warmup=1):
     """Seconds per call of step(): `warmup` untimed calls (the first compiles), then >= 1 call and
-    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls)."""
+    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls, CPU
+    seconds per call). The CPU seconds (all threads) hardly depend on what else runs on the
+    machine, so they compare paths even on a busy one; the wall seconds need it alone."""
     start = time.perf_counter()
     for _ in range(warmup):
         step()
     compile_s = time.perf_counter() - start
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while calls == 0 or time.perf_counter() - start < min_seconds:
         step()
         calls += 1
-    return (time.perf_counter() - start) / calls, compile_s, calls
+    return (time.perf_counter() - start) / calls, compile_s, calls, (time.process_time() - cpu_start) / calls
 
 
 def build(cfg):
@@ -168,8 +170,8 @@ def run_eval(cfg):
     channels = net.patch_embed.proj.weight.shape[1]
     x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"]))
                   .astype(np.float32))
-    step_s, compile_s, calls = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def run_train(cfg):
@@ -187,8 +189,8 @@ def run_train(cfg):
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"])).astype(np.float32))
     y = ms.Tensor(rng.randint(0, classes, cfg["batch"]).astype(np.int32))
-    step_s, compile_s, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def write_jpegs(folder, count):
@@ -261,6 +263,7 @@ def machine():
     return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "mindspore": ms.__version__,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "AVX2 (set by src/context.py)"),
+            "train_kernel_threads": int(os.environ.get("BIMLP_TRAIN_THREADS", "2")),
             "load_start": os.getloadavg()[0]}
 
 
@@ -288,6 +291,7 @@ def fmt(value, spec):
 def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
+             f"training kernels on {meta.get('train_kernel_threads', 2)} thread(s), "
              f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
     for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
@@ -296,15 +300,16 @@ def markdown(meta, rows):
             continue
         lines += [f"**{title}**", "",
                   f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
-                  "| peak RSS GB | GB/img | compile s | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| CPU s/step | peak RSS GB | GB/img | compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
-                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {r['peak_rss_gb']:.2f} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
+                   f"{r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
-                   else f"{r['error']} | | | | | |"))
+                   else f"{r['error']} | | | | | | |"))
         lines.append("")
     for r in rows:
         if r["kind"] == "data":

@@ -75,40 +75,63 @@ RPReLUParams rprelu_params(void **params, int first) {
           arg<const float>(params, first + 3), arg<const float>(params, first + 4)};
 }
 
-// Sums of `kTerms` quantities over one plane, term(i, values) filling values[0..kTerms) for
-// element i. Kept in kLanes independent float partial sums, so the compiler vectorizes the
-// loop (a single running sum is a serial dependency it may not reorder), then added in double.
-constexpr int kLanes = 16;
+// Running sums of kTerms quantities over a channel's planes. kLanes independent float partial
+// sums let the compiler vectorize the loop over a plane (a single running sum is a serial
+// dependency it may not reorder); they are added into double totals every kFlush elements,
+// so no float partial sum grows past kFlush / kLanes terms.
+constexpr int kLanes = 8;
+constexpr int64_t kFlush = 1024;
 
-template <int kTerms, typename Term>
-void plane_sums(int64_t hw, Term term, double *totals) {
+template <int kTerms>
+struct LaneSums {
   float lanes[kTerms][kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= hw; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
+  double totals[kTerms] = {};
+  int64_t pending = 0;
+
+  // Adds term(i, values) (kTerms values of element i) for i in [0, count).
+  template <typename Term>
+  void add(int64_t count, Term term) {
+    int64_t i = 0;
+    for (; i + kLanes <= count; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        float values[kTerms];
+        term(i + l, values);
+        for (int t = 0; t < kTerms; ++t) lanes[t][l] += values[t];
+      }
+    for (; i < count; ++i) {
       float values[kTerms];
-      term(i + l, values);
-      for (int t = 0; t < kTerms; ++t) lanes[t][l] += values[t];
+      term(i, values);
+      for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
     }
-  for (; i < hw; ++i) {
-    float values[kTerms];
-    term(i, values);
-    for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
+    pending += count;
+    if (pending >= kFlush) flush();
   }
-  for (int t = 0; t < kTerms; ++t)
-    for (int l = 0; l < kLanes; ++l) totals[t] += lanes[t][l];
-}
+
+  void flush() {
+    for (int t = 0; t < kTerms; ++t)
+      for (int l = 0; l < kLanes; ++l) {
+        totals[t] += lanes[t][l];
+        lanes[t][l] = 0.0f;
+      }
+    pending = 0;
+  }
+
+  double total(int t) {
+    flush();
+    return totals[t];
+  }
+};
 
 // Batch mean and biased variance of channel c.
 void channel_moments(const float *a, const Dims &d, int64_t c, double *mean, double *var) {
-  double totals[2] = {0.0, 0.0};
+  LaneSums<2> sums;
   for (int64_t n = 0; n < d.n; ++n) {
     const float *p = a + d.at(n, c);
-    plane_sums<2>(d.hw, [&](int64_t i, float *v) { v[0] = p[i]; v[1] = p[i] * p[i]; }, totals);
+    sums.add(d.hw, [&](int64_t i, float *v) { v[0] = p[i]; v[1] = p[i] * p[i]; });
   }
   const double count = static_cast<double>(d.n * d.hw);
-  *mean = totals[0] / count;
-  *var = std::max(totals[1] / count - *mean * *mean, 0.0);
+  *mean = sums.total(0) / count;
+  *var = std::max(sums.total(1) / count - *mean * *mean, 0.0);
 }
 
 // Forward of act(bn(a) [+ s]); outputs y, the batch mean and the biased batch variance.
@@ -161,10 +184,10 @@ int bn_act_backward(void **params, int64_t **shapes) {
     const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
     // Pass 1: dz = dy * prelu'(u) into da (scratch), and the channel sums of dz, dz * xhat,
     // dy and dy * min(u, 0).
-    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    LaneSums<4> sums;
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c);
-      plane_sums<4>(d.hw, [&](int64_t i, float *v) {
+      sums.add(d.hw, [&](int64_t i, float *v) {
         const float xhat = (a[o + i] - m) * rstd;
         float u = (a[o + i] - m) * scale + beta;
         if (shortcut) u = u + s[o + i];
@@ -176,9 +199,9 @@ int bn_act_backward(void **params, int64_t **shapes) {
         v[1] = dz * xhat;
         v[2] = g;
         v[3] = g * std::min(u, 0.0f);
-      }, sums);
+      });
     }
-    const double sum_dz = sums[0], sum_dz_xhat = sums[1], sum_dy = sums[2], sum_dw = sums[3];
+    const double sum_dz = sums.total(0), sum_dz_xhat = sums.total(1), sum_dy = sums.total(2), sum_dw = sums.total(3);
     const double count = static_cast<double>(d.n * d.hw);
     const float mean_dz = static_cast<float>(sum_dz / count), mean_dz_xhat = static_cast<float>(sum_dz_xhat / count);
     // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)).
@@ -294,14 +317,12 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
   float *dx = arg<float>(params, 3), *dbias = arg<float>(params, 4);
   const Dims d = dims_of(shapes[0]);
   parallel_for(d.c, [&](int64_t c) {
-    double sum = 0.0;
+    LaneSums<1> sum;
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c);
-      plane_sums<1>(d.hw, [&](int64_t i, float *v) {
-        v[0] = dx[o + i] = dt[o + i] + dq[o + i] * ste(t[o + i]);
-      }, &sum);
+      sum.add(d.hw, [&](int64_t i, float *v) { v[0] = dx[o + i] = dt[o + i] + dq[o + i] * ste(t[o + i]); });
     }
-    dbias[c] = static_cast<float>(sum);
+    dbias[c] = static_cast<float>(sum.total(0));
   });
   return 0;
 }
@@ -342,20 +363,20 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
   float *dx = arg<float>(params, 6), *dtheta = arg<float>(params, 7), *dbias = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
   parallel_for(d.c, [&](int64_t c) {
-    double sums[2] = {0.0, 0.0};
+    LaneSums<2> sums;
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
-      plane_sums<2>(d.hw, [&](int64_t i, float *v) {
+      sums.add(d.hw, [&](int64_t i, float *v) {
         const float gc = dp[oc + i] + dq[oc + i] * ste(p[oc + i]);
         const float gs = dp[os + i] + dq[os + i] * ste(p[os + i]);
         dx[o + i] = gc * cosine[o + i] + gs * sine[o + i];
         dtheta[o + i] = x[o + i] * (gs * cosine[o + i] - gc * sine[o + i]);
         v[0] = gc;
         v[1] = gs;
-      }, sums);
+      });
     }
-    dbias[c] = static_cast<float>(sums[0]);
-    dbias[d.c + c] = static_cast<float>(sums[1]);
+    dbias[c] = static_cast<float>(sums.total(0));
+    dbias[d.c + c] = static_cast<float>(sums.total(1));
   });
   return 0;
 }
@@ -398,7 +419,7 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   const int64_t hw = l.h * l.w;
   parallel_for(cout, [&](int64_t g) {
     std::vector<float> padded(l.padded_size(), 0.0f), grad(l.size, 0.0f), dpadded(l.padded_size());
-    std::vector<double> dw(per_group * l.taps, 0.0);
+    std::vector<LaneSums<1>> dw(per_group * l.taps);
     for (int64_t n = 0; n < batch; ++n) {
       put_acc(l, dy + (n * cout + g) * hw, grad.data());  // columns past w stay 0
       for (int64_t i = 0; i < per_group; ++i) {
@@ -411,14 +432,13 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
           float *din = dpadded.data() + shift;
           const float *in = padded.data() + shift;
           for (int64_t j = 0; j < l.size; ++j) din[j] += grad[j] * v;
-          double total = 0.0;
-          plane_sums<1>(l.size, [&](int64_t j, float *value) { value[0] = grad[j] * in[j]; }, &total);
-          dw[i * l.taps + t] += total;
+          dw[i * l.taps + t].add(l.size, [&](int64_t j, float *value) { value[0] = grad[j] * in[j]; });
         }
         unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
       }
     }
-    for (int64_t k = 0; k < per_group * l.taps; ++k) dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k]);
+    for (int64_t k = 0; k < per_group * l.taps; ++k)
+      dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
   });
   return 0;
 }
