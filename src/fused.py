@@ -175,7 +175,7 @@ def _bn_act_outputs(*shapes):
 
 def _phase_outputs(*shapes):
     n, c, h, w = shapes[0]
-    return (n, 2 * c, h, w), (n, 2 * c, h, w), shapes[0], shapes[0]
+    return (n, 2 * c, h, w), shapes[0], shapes[0], shapes[0]
 
 
 def _pool4_outputs(*shapes):
@@ -197,6 +197,8 @@ class TrainKernels(nn.Cell):
         move_grad = _kernel("MoveBinarizeTrainGrad", lambda *s: (s[0], _channels_of(*s)), _floats(2))
         phase_grad = _kernel("PhaseMoveTrainGrad", lambda *s: (s[0], s[0], (2 * s[0][1],)), _floats(3))
         pool4_grad = _kernel("Pool4TrainGrad", lambda *s: s[0], _same_dtype)
+        wave_mix_grad = _kernel("WaveMixTrainGrad", lambda *s: (s[0], s[0], s[0], s[3]), _floats(4))
+        mix3_grad = _kernel("Mix3TrainGrad", lambda *s: (s[0], s[0], s[0], s[3]), _floats(4))
 
         def bn_act_bprop(a, gamma, beta, b1, w, b2, out, dout):
             da, dgamma, dbeta, db1, dw, db2 = bn_act_grad(a, gamma, beta, b1, w, b2, out[1], out[2], dout[0])
@@ -212,17 +214,26 @@ class TrainKernels(nn.Cell):
             return dx, dbias.reshape(bias.shape)
 
         def phase_bprop(x, theta, bias, out, dout):
-            dx, dtheta, dbias = phase_grad(x, out[2], out[3], out[0], dout[0], dout[1])
+            dx, dtheta, dbias = phase_grad(x, out[2], out[3], bias, dout[0], dout[1])
             return dx, dtheta, dbias.reshape(bias.shape)
 
         def pool4_bprop(x, out, dout):
             return (pool4_grad(x, out[1], dout[0]),)
+
+        def wave_mix_bprop(x, a, b, c, weight, out, dout):
+            return (dout,) + wave_mix_grad(a, b, c, weight, dout)
+
+        def mix3_bprop(h, w, c, u, a, out, dout):
+            dh, dw, dc, da = mix3_grad(h, w, c, a, dout)
+            return dh, dw, dc, dout, da
 
         self.bn_act = _kernel_with_grad("BnActTrain", _bn_act_outputs, _floats(3), bn_act_bprop)
         self.bn_act_add = _kernel_with_grad("BnActAddTrain", _bn_act_outputs, _floats(3), bn_act_add_bprop)
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
         self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
+        self.wave_mix = _kernel_with_grad("WaveMixTrain", _same_shape, _same_dtype, wave_mix_bprop)
+        self.mix3 = _kernel_with_grad("Mix3Train", _same_shape, _same_dtype, mix3_bprop)
         self.line_conv = _kernel("LineConv", lambda x, w: (x[0], w[0], x[2], x[3]))
         self.line_conv_grad = _kernel("LineConvGrad", lambda *s: (s[0], s[1]), _floats(2))
 
@@ -262,13 +273,13 @@ def move_quantize(kernels, move, conv, x):
     return kernels.move_binarize(x, move.bias)
 
 
-def phase_quantize(kernels, move, conv, x, theta):
-    """(p, q): p = move(concat(x cos(theta), x sin(theta))) and q = conv's quantized input of p."""
+def phase_quantize(kernels, move, conv, pair_mean, x, theta):
+    """(pair_mean(p), q) for p = move(concat(x cos(theta), x sin(theta))), q conv's quantized input of p."""
     if kernels is None or not conv.binary_input:
         p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
-        return p, conv.quantize_input(p)
-    p, q, _, _ = kernels.phase_move(x, theta, move.bias)
-    return p, q
+        return pair_mean(p), conv.quantize_input(p)
+    q, m, _, _ = kernels.phase_move(x, theta, move.bias)
+    return m, q
 
 
 def pool4(kernels, pools, x):
@@ -276,3 +287,31 @@ def pool4(kernels, pools, x):
     if kernels is None:
         return (((pools[0](x) + pools[1](x)) + pools[2](x)) + pools[3](x)) / 4.0
     return kernels.pool4(x)[0]
+
+
+def channel_scale(x, scale):
+    """x * scale for a scale of shape (1 or B, C, 1, 1), with the same products.
+
+    MindSpore 2.10's CPU Mul broadcasting a (1, C, 1, 1) operand is 2x slower
+    than a same-shape Mul and keeps a full-size workspace alive until the graph
+    ends (1.3 GB per image over BiMLP_S); an explicit broadcast_to avoids both.
+    """
+    return x * ops.broadcast_to(scale, x.shape)
+
+
+def mix3(kernels, fast, h, w, c, u, weights):
+    """((h a0 + w a1) + c a2) + u for branch weights of shape (3, N, C), per sample and channel."""
+    if kernels is not None:
+        return kernels.mix3(h, w, c, u, weights)
+    a = weights.reshape(3, weights.shape[1], weights.shape[2], 1, 1)
+    if fast:
+        return ((channel_scale(h, a[0]) + channel_scale(w, a[1])) + channel_scale(c, a[2])) + u
+    return ((h * a[0] + w * a[1]) + c * a[2]) + u
+
+
+def wave_mix(kernels, x, a, b, c, weight, drop_path):
+    """x + drop_path((w0 b + w1 c) + (1 - w0 - w1) a), the kernel when no path is dropped."""
+    if kernels is not None and drop_path.keep == 1.0:
+        return kernels.wave_mix(x, a, b, c, weight)
+    w0, w1 = weight[0], weight[1]
+    return x + drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)

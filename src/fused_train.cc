@@ -77,16 +77,15 @@ RPReLUParams rprelu_params(void **params, int first) {
 
 // Running sums of kTerms quantities over a channel's planes. kLanes independent float partial
 // sums let the compiler vectorize the loop over a plane (a single running sum is a serial
-// dependency it may not reorder); they are added into double totals every kFlush elements,
-// so no float partial sum grows past kFlush / kLanes terms.
+// dependency it may not reorder); they go into double totals after each plane. Batch-norm
+// gradients need that precision: when a channel's gradient is nearly affine in its normalized
+// input, its input gradient is a small difference of these sums.
 constexpr int kLanes = 8;
-constexpr int64_t kFlush = 1024;
 
 template <int kTerms>
 struct LaneSums {
   float lanes[kTerms][kLanes] = {};
   double totals[kTerms] = {};
-  int64_t pending = 0;
 
   // Adds term(i, values) (kTerms values of element i) for i in [0, count).
   template <typename Term>
@@ -103,8 +102,7 @@ struct LaneSums {
       term(i, values);
       for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
     }
-    pending += count;
-    if (pending >= kFlush) flush();
+    flush();
   }
 
   void flush() {
@@ -113,13 +111,9 @@ struct LaneSums {
         totals[t] += lanes[t][l];
         lanes[t][l] = 0.0f;
       }
-    pending = 0;
   }
 
-  double total(int t) {
-    flush();
-    return totals[t];
-  }
+  double total(int t) const { return totals[t]; }
 };
 
 // Batch mean and biased variance of channel c.
@@ -327,48 +321,66 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
   return 0;
 }
 
-// PATM's phase input: p = concat(x cos(theta), x sin(theta)) + bias (2C channels) and
-// q = rint(clip(p, -1, 1)), with MindSpore's Cos and Sin values, which are also returned
-// (outputs p, q, cos, sin) for the gradient.
+// PATM's phase input p = concat(x cos(theta), x sin(theta)) + bias, 2C channels, which the
+// network uses twice: binarized, q = rint(clip(p, -1, 1)), and as the mean of channel pairs,
+// m[g] = (p[2g] + p[2g + 1]) / 2 (its uni-shortcut). Channel j of p comes from channel j mod C
+// of x, times cos below C and sin from C on. Outputs q, m, cos, sin (MindSpore's Cos and Sin
+// values, kept for the gradient); p itself is recomputed there, bit for bit.
+struct PhaseChannels {
+  const float *x, *cosine, *sine, *bias;
+  Dims d;
+  // p[n, j, i], computed as the forward computes it.
+  float at(int64_t n, int64_t j, int64_t i) const {
+    const int64_t source = d.at(n, j < d.c ? j : j - d.c);
+    return x[source + i] * (j < d.c ? cosine : sine)[source + i] + bias[j];
+  }
+};
+
 int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
   const float *bias = arg<const float>(params, 2);
-  float *p = arg<float>(params, 3), *q = arg<float>(params, 4), *cosine = arg<float>(params, 5);
+  float *q = arg<float>(params, 3), *m = arg<float>(params, 4), *cosine = arg<float>(params, 5);
   float *sine = arg<float>(params, 6);
   const Dims d = dims_of(shapes[0]);
   parallel_for(d.c, [&](int64_t c) {
-    const float bc = bias[c], bs = bias[d.c + c];
     std::vector<int32_t> unsure(d.hw);
+    for (int64_t n = 0; n < d.n; ++n) sincos_rounded(theta + d.at(n, c), sine + d.at(n, c), cosine + d.at(n, c),
+                                                     unsure.data(), d.hw);
+  });
+  const PhaseChannels p{x, cosine, sine, bias, d};
+  parallel_for(d.c, [&](int64_t g) {
     for (int64_t n = 0; n < d.n; ++n) {
-      const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
-      sincos_rounded(theta + o, sine + o, cosine + o, unsure.data(), d.hw);
+      float *q0 = q + (n * 2 * d.c + 2 * g) * d.hw, *q1 = q0 + d.hw, *mean = m + d.at(n, g);
       for (int64_t i = 0; i < d.hw; ++i) {
-        const float vc = x[o + i] * cosine[o + i] + bc, vs = x[o + i] * sine[o + i] + bs;
-        p[oc + i] = vc;
-        p[os + i] = vs;
-        q[oc + i] = binarize(vc);
-        q[os + i] = binarize(vs);
+        const float p0 = p.at(n, 2 * g, i), p1 = p.at(n, 2 * g + 1, i);
+        q0[i] = binarize(p0);
+        q1[i] = binarize(p1);
+        mean[i] = (p0 + p1) / 2.0f;
       }
     }
   });
   return 0;
 }
 
-// Inputs x, cos, sin, p, dp, dq; outputs dx, dtheta, dbias (2C).
+// Inputs x, cos, sin, bias, dq, dm; outputs dx, dtheta, dbias (2C).
 int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = arg<const float>(params, 0), *cosine = arg<const float>(params, 1);
-  const float *sine = arg<const float>(params, 2), *p = arg<const float>(params, 3);
-  const float *dp = arg<const float>(params, 4), *dq = arg<const float>(params, 5);
+  const float *sine = arg<const float>(params, 2), *bias = arg<const float>(params, 3);
+  const float *dq = arg<const float>(params, 4), *dm = arg<const float>(params, 5);
   float *dx = arg<float>(params, 6), *dtheta = arg<float>(params, 7), *dbias = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
+  const PhaseChannels p{x, cosine, sine, bias, d};
   parallel_for(d.c, [&](int64_t c) {
     LaneSums<2> sums;
+    const int64_t js = d.c + c;  // channel c of p is x cos, channel C + c is x sin
     for (int64_t n = 0; n < d.n; ++n) {
-      const int64_t o = d.at(n, c), oc = (n * 2 * d.c + c) * d.hw, os = oc + d.c * d.hw;
+      const int64_t o = d.at(n, c);
+      const float *dqc = dq + (n * 2 * d.c + c) * d.hw, *dqs = dq + (n * 2 * d.c + js) * d.hw;
+      const float *dmc = dm + d.at(n, c / 2), *dms = dm + d.at(n, js / 2);
       sums.add(d.hw, [&](int64_t i, float *v) {
-        const float gc = dp[oc + i] + dq[oc + i] * ste(p[oc + i]);
-        const float gs = dp[os + i] + dq[os + i] * ste(p[os + i]);
+        const float gc = dmc[i] / 2.0f + dqc[i] * ste(p.at(n, c, i));
+        const float gs = dms[i] / 2.0f + dqs[i] * ste(p.at(n, js, i));
         dx[o + i] = gc * cosine[o + i] + gs * sine[o + i];
         dtheta[o + i] = x[o + i] * (gs * cosine[o + i] - gc * sine[o + i]);
         v[0] = gc;
@@ -376,7 +388,103 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
       });
     }
     dbias[c] = static_cast<float>(sums.total(0));
-    dbias[d.c + c] = static_cast<float>(sums.total(1));
+    dbias[js] = static_cast<float>(sums.total(1));
+  });
+  return 0;
+}
+
+// The WaveBlock's second residual: y = x + ((w0 b + w1 c) + (1 - w0 - w1) a).
+int WaveMixTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0), *a = arg<const float>(params, 1);
+  const float *b = arg<const float>(params, 2), *c = arg<const float>(params, 3);
+  const float *weight = arg<const float>(params, 4);
+  float *y = arg<float>(params, 5);
+  const Dims d = dims_of(shapes[0]);
+  const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
+  parallel_for(d.n * d.c, [&](int64_t plane) {
+    const int64_t o = plane * d.hw;
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = x[o + i] + ((w0 * b[o + i] + w1 * c[o + i]) + rest * a[o + i]);
+  });
+  return 0;
+}
+
+// Inputs a, b, c, weight, dy; outputs da, db, dc, dweight (the gradient for x is dy itself).
+int WaveMixTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = arg<const float>(params, 0), *b = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *weight = arg<const float>(params, 3);
+  const float *dy = arg<const float>(params, 4);
+  float *da = arg<float>(params, 5), *db = arg<float>(params, 6), *dc = arg<float>(params, 7);
+  float *dweight = arg<float>(params, 8);
+  const Dims d = dims_of(shapes[0]);
+  const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
+  std::vector<LaneSums<3>> sums(d.c);  // per channel: dy b, dy c, dy a
+  parallel_for(d.c, [&](int64_t ch) {
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, ch);
+      sums[ch].add(d.hw, [&](int64_t i, float *v) {
+        const float g = dy[o + i];
+        da[o + i] = g * rest;
+        db[o + i] = g * w0;
+        dc[o + i] = g * w1;
+        v[0] = g * b[o + i];
+        v[1] = g * c[o + i];
+        v[2] = g * a[o + i];
+      });
+    }
+  });
+  double by = 0.0, cy = 0.0, ay = 0.0;
+  for (auto &s : sums) {
+    by += s.total(0);
+    cy += s.total(1);
+    ay += s.total(2);
+  }
+  dweight[0] = static_cast<float>(by - ay);
+  dweight[1] = static_cast<float>(cy - ay);
+  return 0;
+}
+
+// PATM's reweighting: y = ((h a0 + w a1) + c a2) + u, with per-(sample, channel) weights a of
+// shape (3, N, C).
+int Mix3Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *h = arg<const float>(params, 0), *w = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *u = arg<const float>(params, 3);
+  const float *a = arg<const float>(params, 4);
+  float *y = arg<float>(params, 5);
+  const Dims d = dims_of(shapes[0]);
+  const int64_t stride = d.n * d.c;
+  parallel_for(stride, [&](int64_t plane) {
+    const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
+    const int64_t o = plane * d.hw;
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ((h[o + i] * a0 + w[o + i] * a1) + c[o + i] * a2) + u[o + i];
+  });
+  return 0;
+}
+
+// Inputs h, w, c, a, dy; outputs dh, dw, dc, da (the gradient for u is dy itself).
+int Mix3TrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *h = arg<const float>(params, 0), *w = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *a = arg<const float>(params, 3);
+  const float *dy = arg<const float>(params, 4);
+  float *dh = arg<float>(params, 5), *dw = arg<float>(params, 6), *dc = arg<float>(params, 7);
+  float *da = arg<float>(params, 8);
+  const Dims d = dims_of(shapes[0]);
+  const int64_t stride = d.n * d.c;
+  parallel_for(stride, [&](int64_t plane) {
+    const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
+    const int64_t o = plane * d.hw;
+    LaneSums<3> sums;
+    sums.add(d.hw, [&](int64_t i, float *v) {
+      const float g = dy[o + i];
+      dh[o + i] = g * a0;
+      dw[o + i] = g * a1;
+      dc[o + i] = g * a2;
+      v[0] = g * h[o + i];
+      v[1] = g * w[o + i];
+      v[2] = g * c[o + i];
+    });
+    for (int j = 0; j < 3; ++j) da[j * stride + plane] = static_cast<float>(sums.total(j));
   });
   return 0;
 }

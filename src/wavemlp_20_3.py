@@ -15,21 +15,11 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
-from src.fused import move_quantize, norm_act, phase_quantize, pool4
+from src.fused import channel_scale, mix3, move_quantize, norm_act, phase_quantize, pool4, wave_mix
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import QuanConv
 
 ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
-
-
-def channel_scale(x, scale):
-    """x * scale for a scale of shape (1 or B, C, 1, 1), with the same products.
-
-    MindSpore 2.10's CPU Mul broadcasting a (1, C, 1, 1) operand is 2x slower
-    than a same-shape Mul and keeps a full-size workspace alive until the graph
-    ends (1.3 GB per image over BiMLP_S); an explicit broadcast_to avoids both.
-    """
-    return x * ops.broadcast_to(scale, x.shape)
 
 
 class LearnableBias(nn.Cell):
@@ -259,18 +249,14 @@ class PATM(nn.Cell):
         theta_w = residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
         xh = residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
         xw = residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        ph, phq = phase_quantize(k, self.move_tfch, self.tfc_h, xh, theta_h)
-        pw, pwq = phase_quantize(k, self.move_tfcw, self.tfc_w, xw, theta_w)
-        h = norm_act(k, self.norm_h, self.act_h, self.tfc_h.convolve(phq), self.pair_mean(ph))
-        w = norm_act(k, self.norm_w, self.act_w, self.tfc_w.convolve(pwq), self.pair_mean(pw))
+        mh, qh = phase_quantize(k, self.move_tfch, self.tfc_h, self.pair_mean, xh, theta_h)
+        mw, qw = phase_quantize(k, self.move_tfcw, self.tfc_w, self.pair_mean, xw, theta_w)
+        h = norm_act(k, self.norm_h, self.act_h, self.tfc_h.convolve(qh), mh)
+        w = norm_act(k, self.norm_w, self.act_w, self.tfc_w.convolve(qw), mw)
         c = residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
         a = ACCURATE_POOL(((h + w) + c) + u)
         a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
-        a = ops.softmax(a, axis=0).reshape(3, batch, self.dim, 1, 1)
-        if self.fast:
-            x = ((channel_scale(h, a[0]) + channel_scale(w, a[1])) + channel_scale(c, a[2])) + u
-        else:
-            x = ((h * a[0] + w * a[1]) + c * a[2]) + u
+        x = mix3(k, self.fast, h, w, c, u, ops.softmax(a, axis=0))
         return residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
 
     def construct_fused(self, u):
@@ -336,8 +322,7 @@ class WaveBlock(nn.Cell):
         a = self.mlp(m)
         b = residual_fc(k, self.move_h, self.sfc_h, self.norm_h, self.act1, m)
         c = residual_fc(k, self.move_w, self.sfc_w, self.norm_w, self.act2, m)
-        w0, w1 = self.weight[0], self.weight[1]
-        return x + self.drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)
+        return wave_mix(k, x, a, b, c, self.weight, self.drop_path)
 
     def construct_fused(self, x):
         k = self.kernels

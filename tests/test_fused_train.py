@@ -8,7 +8,7 @@ from mindspore import Tensor, nn
 from src import fused
 from src.grouped_conv import GroupedLineConv
 from src.quan_conv import QuanConv
-from src.wavemlp_20_3 import LearnableBias, RPReLU, create_model
+from src.wavemlp_20_3 import DropPath, LearnableBias, RPReLU, UniShortcut, create_model
 from tests.test_fused import randomize
 
 pytestmark = pytest.mark.skipif(fused.library_path() is None, reason="no C++ compiler for the fused kernels")
@@ -101,10 +101,10 @@ def bn_and_act(channels, seed):
 
 
 @pytest.mark.parametrize("shortcut", [False, True])
-def test_batch_norm_shortcut_and_rprelu(shortcut):
-    shape = (4, 6, 5, 7)
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (8, 6, 2, 2), (40, 3, 7, 7)])
+def test_batch_norm_shortcut_and_rprelu(shortcut, shape):
     inputs = [data(shape, 1, 2.0)] + ([data(shape, 2)] if shortcut else [])
-    check_chain(fused.norm_act, lambda: bn_and_act(6, 3), inputs, [shape])
+    check_chain(fused.norm_act, lambda: bn_and_act(shape[1], 3), inputs, [shape])
 
 
 def test_move_and_binarize_at_the_thresholds():
@@ -123,10 +123,10 @@ def test_phase_input_with_its_angle_gradient():
     def cells():
         move = LearnableBias(12)
         move.bias.set_data(data((1, 12, 1, 1), 6, 0.3))
-        return [move, QuanConv(12, 6, (1, 7), padding=(0, 0, 3, 3), group=6)]
+        return [move, QuanConv(12, 6, (1, 7), padding=(0, 0, 3, 3), group=6), UniShortcut(12, 6)]
 
     x, theta = data((3, 6, 4, 5), 7, thresholds=True), data((3, 6, 4, 5), 8, 3.0)
-    check_chain(fused.phase_quantize, cells, [x, theta], [(3, 12, 4, 5)] * 2, exact_outputs=(0, 1))
+    check_chain(fused.phase_quantize, cells, [x, theta], [(3, 6, 4, 5), (3, 12, 4, 5)], exact_outputs=(0, 1))
 
 
 @pytest.mark.parametrize("size", [(14, 14), (7, 7), (5, 6), (2, 2), (1, 1)])
@@ -211,3 +211,17 @@ def test_training_step_of_the_network(tmp_path, binary):
     for net in (nets[True], plain):
         net.set_train(False)
     np.testing.assert_array_equal(nets[True](x).asnumpy(), plain(x).asnumpy())
+
+
+def test_the_blocks_mixing_sums():
+    shape = (3, 4, 5, 6)
+    x, a, b, c = (data(shape, seed) for seed in (20, 21, 22, 23))
+    weight = Tensor(np.array([0.3, -0.2], np.float32))
+
+    def wave(kernels, drop_path, *inputs):
+        return fused.wave_mix(kernels, *inputs, drop_path)
+
+    check_chain(wave, lambda: [DropPath(0.0)], [x, a, b, c, weight], [shape])
+    weights = Tensor(np.random.RandomState(24).uniform(0, 1, (3, 3, 4)).astype(np.float32))
+    check_chain(lambda kernels, *inputs: fused.mix3(kernels, True, *inputs), lambda: [], [x, a, b, c, weights],
+                [shape])
