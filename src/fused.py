@@ -3,9 +3,11 @@
 MindSpore 2.10 on CPU runs every element-wise operator as its own pass over memory,
 and a BiMLP forward is mostly such chains (bias, batch norm, add, PReLU, bias,
 binarize). `src/fused_cpu.cc` does each chain in one pass with the same float32
-operations in the same order, so logits stay bit-identical. The library is compiled
-with the system C++ compiler on first use and cached; without a compiler the
-network simply runs its unfused operators.
+operations in the same order, so logits stay bit-identical; `src/xnor_cpu.cc` has the
+xnor engine's binary convolutions on packed bits. The kernels split their work across
+the cores (`src/cpu_threads.h`). One library is compiled from these sources with the
+system C++ compiler on first use and cached; without a compiler the network simply runs
+its unfused operators.
 """
 import hashlib
 import os
@@ -15,15 +17,18 @@ import subprocess
 import tempfile
 import warnings
 
+from mindspore import dtype as mstype
 from mindspore import nn, ops
 
 from src.context import cache_dir
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_cpu.cc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "xnor_cpu.cc")]
+HEADERS = [os.path.join(HERE, "cpu_threads.h")]
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-pthread", "-shared", "-fPIC"]
 
 _library = {}
 
@@ -45,15 +50,18 @@ def library_path():
     if compiler is None:
         warnings.warn("no C++ compiler found (install g++): BiMLP runs without its fused CPU kernels")
         return None
-    with open(SOURCE, "rb") as f:
-        # -march=native: the cache (maybe a shared home directory) holds one build per CPU model.
-        key = f.read() + " ".join([compiler, *FLAGS, _cpu_model()]).encode()
+    key = b""
+    for path in SOURCES + HEADERS:
+        with open(path, "rb") as f:
+            key += f.read()
+    # -march=native: the cache (maybe a shared home directory) holds one build per CPU model.
+    key += " ".join([compiler, *FLAGS, _cpu_model()]).encode()
     digest = hashlib.sha1(key).hexdigest()[:12]
     target = os.path.join(cache_dir(), f"fused_cpu_{digest}.so")
     if not os.path.isfile(target):
         error = _compile(compiler, target)
         if error is not None:
-            warnings.warn(f"compiling {SOURCE} with {compiler} failed, BiMLP runs without its fused CPU "
+            warnings.warn(f"compiling {' '.join(SOURCES)} with {compiler} failed, BiMLP runs without its fused CPU "
                           f"kernels:\n{error}")
             return None
     _library["path"] = target
@@ -67,7 +75,7 @@ def _compile(compiler, target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, temp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
         os.close(fd)
-        result = subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, "-o", temp, *SOURCES], capture_output=True, text=True)
         if result.returncode:
             return result.stderr.strip()
         os.replace(temp, target)  # atomic: a concurrent process sees no library or the whole one
@@ -108,6 +116,18 @@ def _dtype_twice(*dtypes):
     return dtypes[0], dtypes[0]
 
 
+def _one_value(*shapes):
+    return (1,)
+
+
+def _float32(*dtypes):
+    return mstype.float32
+
+
+def _xnor_conv_shape(x, bias, bits, scale):
+    return x[0], bits[0], x[2], x[3]
+
+
 def _kernel(name, out_shape=_same_shape, out_dtype=_same_dtype):
     return ops.Custom(f"{library_path()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
 
@@ -133,6 +153,8 @@ class Kernels(nn.Cell):
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
         self.group_norm = _kernel("GroupNorm1")
+        self.weights_unchanged = _kernel("WeightsUnchanged", _one_value, _float32)
+        self.xnor_conv1x1 = _kernel("XnorConv1x1", _xnor_conv_shape, _same_dtype)
 
 
 def bn_act_params(bn, act):

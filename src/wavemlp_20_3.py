@@ -15,6 +15,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
+from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import QuanConv
 
@@ -183,7 +184,7 @@ class Mlp(nn.Cell):
 
     def construct_fused(self, x):
         k = self.kernels
-        a = self.fc1.conv_quantized(k.move_binarize(x, self.move1.bias), k)
+        a = self.fc1.conv_binarized(x, self.move1.bias, k)
         h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
                                          *fused_kernels.bn_act_params(self.norm1, self.act2), self.move2.bias)
         return k.bn_act_group_mean(self.fc2.conv_quantized(h_q, k), h,
@@ -197,7 +198,7 @@ def residual_fc(move, conv, bn, act, x):
 
 def fused_residual_fc(kernels, move, conv, bn, act, x):
     """residual_fc in two fused kernels around the convolution."""
-    a = conv.conv_quantized(kernels.move_binarize(x, move.bias), kernels)
+    a = conv.conv_binarized(x, move.bias, kernels)
     return kernels.bn_act_moved(a, x, move.bias, *fused_kernels.bn_act_params(bn, act))
 
 
@@ -416,10 +417,14 @@ class BiMLP(nn.Cell):
             of src/fused_cpu.cc: the same logits, several times faster. They have no
             gradient, so the default is off for the library; eval.py and predict.py pass
             None: on whenever binary, fast, on CPU and a C++ compiler is available.
+        engine: "exact" (logits bit-identical to the released network) or "xnor": the fused
+            path (whatever `fused` says) with its binary 1x1 convolutions on packed bits in
+            integer arithmetic, faster, logits equal up to float rounding (src/xnor_cpu.cc).
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
-                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=False):
+                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=False,
+                 engine="exact"):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
@@ -441,6 +446,7 @@ class BiMLP(nn.Cell):
         self.norm = norm_layer(embed_dims[-1])
         self.head = nn.Dense(embed_dims[-1], num_classes,
                              weight_init=TruncatedNormal(0.02), bias_init="zeros")
+        fused = weight_cache.check_engine(engine, fused, binary, fast)
         if fused is None:
             fused = binary and fast and fused_kernels.available()
         if fused and not binary:
@@ -448,11 +454,17 @@ class BiMLP(nn.Cell):
         if fused and not fused_kernels.available():
             raise ValueError("fused=True needs MindSpore on CPU and src/fused_cpu.cc built: a C++ compiler "
                              "and a writable cache directory (see the warning above)")
-        self.fused = bool(fused)
+        self.fused, self.engine = bool(fused), engine
         if self.fused:
             kernels = fused_kernels.Kernels()
             for cell in [cell for _, cell in self.cells_and_names() if getattr(cell, "fusable", False)]:
                 cell.kernels = kernels
+            self.binarized_weights = weight_cache.BinarizedWeights(self, kernels, engine)
+
+    def __call__(self, *args, **kwargs):
+        if self.fused and not self.training:
+            self.binarized_weights.refresh()
+        return super().__call__(*args, **kwargs)
 
     def forward_features(self, x):
         x = self.patch_embed(x)

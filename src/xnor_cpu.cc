@@ -1,0 +1,164 @@
+// Binary 1x1 convolutions on packed bits for BiMLP's opt-in xnor engine (MindSpore "aot"
+// custom operators; src/xnor.py).
+//
+// A binary layer computes y[o, p] = sum_c q[c, p] * wb[o, c] with activations
+// q = rint(clip(x + bias, -1, 1)) in {-1, 0, +1} and weights wb = sign(W) * scale[o]. Here the
+// activations are two bit planes per position (nonzero, negative: 64 channels a word), the
+// weights their sign bits (and, only for layers with exact zeros, a nonzero plane), and
+//   sum_c q w = popcount(nonzero) - 2 popcount(nonzero & (negative ^ weight negative))
+// is an exact integer, multiplied once by the channel's scale. oneDNN's float convolution rounds
+// each partial sum instead, so the two differ by float rounding only.
+//
+// Vectorized with AVX2 where the compiler targets it (popcount of bytes by table lookup, 4
+// positions a vector), portable C++ otherwise.
+#include <cstdint>
+#include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include "cpu_threads.h"
+
+namespace {
+
+using bimlp::parallel_for;
+
+// Activations of one image: for each of `words` 64-channel words, a row of P positions.
+struct PackedImage {
+  std::vector<uint64_t> nonzero, negative;
+  std::vector<int32_t> nonzero_count;  // per position: popcount of all its nonzero words
+};
+
+// Packs rint(clip(x + bias, -1, 1)) of one image (C x P floats): +1 where x + bias > 0.5,
+// -1 where < -0.5, else 0 (rint rounds the ties +-0.5 to 0), with x + bias rounded to float
+// as MoveBinarize computes it.
+void pack_image(const float *x, const float *bias, int64_t channels, int64_t positions, PackedImage *out) {
+  const int64_t words = (channels + 63) / 64;
+  out->nonzero.assign(words * positions, 0);
+  out->negative.assign(words * positions, 0);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float b = bias[c], *row = x + c * positions;
+    const uint64_t bit = uint64_t{1} << (c & 63);
+    uint64_t *nonzero = out->nonzero.data() + (c >> 6) * positions;
+    uint64_t *negative = out->negative.data() + (c >> 6) * positions;
+    int64_t p = 0;
+#ifdef __AVX2__
+    const __m128 half = _mm_set1_ps(0.5f), minus_half = _mm_set1_ps(-0.5f), vb = _mm_set1_ps(b);
+    const __m256i vbit = _mm256_set1_epi64x(static_cast<int64_t>(bit));
+    for (; p + 4 <= positions; p += 4) {
+      const __m128 v = _mm_add_ps(_mm_loadu_ps(row + p), vb);
+      const __m128 neg = _mm_cmplt_ps(v, minus_half), nz = _mm_or_ps(_mm_cmpgt_ps(v, half), neg);
+      const __m256i neg64 = _mm256_cvtepi32_epi64(_mm_castps_si128(neg));
+      const __m256i nz64 = _mm256_cvtepi32_epi64(_mm_castps_si128(nz));
+      __m256i *nz_words = reinterpret_cast<__m256i *>(nonzero + p);
+      __m256i *neg_words = reinterpret_cast<__m256i *>(negative + p);
+      _mm256_storeu_si256(nz_words, _mm256_or_si256(_mm256_loadu_si256(nz_words), _mm256_and_si256(nz64, vbit)));
+      _mm256_storeu_si256(neg_words, _mm256_or_si256(_mm256_loadu_si256(neg_words), _mm256_and_si256(neg64, vbit)));
+    }
+#endif
+    for (; p < positions; ++p) {
+      const float v = row[p] + b;
+      nonzero[p] |= (v > 0.5f || v < -0.5f) ? bit : 0;
+      negative[p] |= v < -0.5f ? bit : 0;
+    }
+  }
+  out->nonzero_count.assign(positions, 0);
+  for (int64_t w = 0; w < words; ++w)
+    for (int64_t p = 0; p < positions; ++p)
+      out->nonzero_count[p] += __builtin_popcountll(out->nonzero[w * positions + p]);
+}
+
+#ifdef __AVX2__
+inline __m256i popcount_bytes(__m256i v) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
+                         _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+}
+
+// y[p..p+3] = scale * (count[p] - 2 sum_w popcount(nonzero & (negative ^ weight))) for 4 positions.
+inline void dense_four(const PackedImage &a, const uint64_t *weight_negative, int64_t words, int64_t positions,
+                       int64_t p, float scale, float *y) {
+  __m256i total = _mm256_setzero_si256();
+  for (int64_t w0 = 0; w0 < words; w0 += 31) {  // bytes count at most 8 a word: 31 words fit
+    __m256i bytes = _mm256_setzero_si256();
+    for (int64_t w = w0; w < std::min(words, w0 + 31); ++w) {
+      const __m256i nz = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a.nonzero.data() + w * positions + p));
+      const __m256i neg = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a.negative.data() + w * positions + p));
+      const __m256i wn = _mm256_set1_epi64x(static_cast<int64_t>(weight_negative[w]));
+      bytes = _mm256_add_epi8(bytes, popcount_bytes(_mm256_and_si256(nz, _mm256_xor_si256(neg, wn))));
+    }
+    total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+  }
+  const __m128i low32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+  const __m128i count = _mm_loadu_si128(reinterpret_cast<const __m128i *>(a.nonzero_count.data() + p));
+  const __m128i k = _mm_sub_epi32(count, _mm_add_epi32(low32, low32));
+  _mm_storeu_ps(y + p, _mm_mul_ps(_mm_set1_ps(scale), _mm_cvtepi32_ps(k)));
+}
+#endif
+
+// One output channel of one image: y[p] = scale * sum_c q[c, p] wb[c] / scale, all positions.
+void output_channel(const PackedImage &a, const uint64_t *weight_negative, const uint64_t *weight_nonzero,
+                    int64_t channels, int64_t positions, float scale, float *y) {
+  const int64_t words = (channels + 63) / 64;
+  bool dense = true;  // no exact-zero weight: the nonzero plane is all ones over the channels
+  for (int64_t w = 0; w < words; ++w) {
+    const int64_t valid = std::min<int64_t>(64, channels - w * 64);
+    const uint64_t mask = valid == 64 ? ~uint64_t{0} : (uint64_t{1} << valid) - 1;
+    dense = dense && (weight_nonzero[w] & mask) == mask;
+  }
+  int64_t p = 0;
+  if (dense) {
+#ifdef __AVX2__
+    for (; p + 4 <= positions; p += 4) dense_four(a, weight_negative, words, positions, p, scale, y);
+#endif
+    for (; p < positions; ++p) {
+      int64_t differ = 0;
+      for (int64_t w = 0; w < words; ++w)
+        differ += __builtin_popcountll(a.nonzero[w * positions + p] & (a.negative[w * positions + p] ^ weight_negative[w]));
+      y[p] = scale * static_cast<float>(a.nonzero_count[p] - 2 * differ);
+    }
+    return;
+  }
+  for (; p < positions; ++p) {
+    int64_t both = 0, differ = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      const uint64_t nz = a.nonzero[w * positions + p] & weight_nonzero[w];
+      both += __builtin_popcountll(nz);
+      differ += __builtin_popcountll(nz & (a.negative[w * positions + p] ^ weight_negative[w]));
+    }
+    y[p] = scale * static_cast<float>(both - 2 * differ);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// y = conv1x1(rint(clip(x + bias, -1, 1)), sign(W) * scale) from x (N, C, H, W), bias (C) and the
+// packed weights: int64 words (O, 2, ceil(C / 64)), plane 0 the negative signs, plane 1 the
+// nonzero weights (bit c % 64 of word c / 64), and scale (O). Output (N, O, H, W).
+int XnorConv1x1(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[1]);
+  const uint64_t *bits = static_cast<const uint64_t *>(params[2]);
+  const float *scale = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t n = shapes[0][0], channels = shapes[0][1], positions = shapes[0][2] * shapes[0][3];
+  const int64_t outputs = shapes[2][0], words = shapes[2][2];
+  std::vector<PackedImage> images(n);
+  parallel_for(n, channels * positions, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) pack_image(x + i * channels * positions, bias, channels, positions, &images[i]);
+  });
+  parallel_for(n * outputs, words * positions * 4, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / outputs, o = item % outputs;
+      output_channel(images[i], bits + o * 2 * words, bits + (o * 2 + 1) * words, channels, positions, scale[o],
+                     y + item * positions);
+    }
+  });
+  return 0;
+}
+
+}  // extern "C"
