@@ -23,6 +23,7 @@ from src.checkpoint import load_weights
 from src.context import UserError, default_device_id, run_cli, setup_device
 from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, preprocess_image_file
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
+from src.weight_cache import ENGINES
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8
 SYNSET_LINE = re.compile(r"^n\d{8}\s+(.+)$")
@@ -40,6 +41,9 @@ def parse_args(argv=None):
                         help="LOC_synset_mapping.txt (lines 'n01440764 tench, Tinca tinca') or one name per line")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--engine", default="exact", choices=ENGINES,
+                        help="exact: logits bit-identical to the released network; xnor: binary 1x1 layers on "
+                             "packed bits, faster, equal up to float rounding (CPU; default: exact)")
     parser.add_argument("--platform", default="CPU", choices=("Ascend", "GPU", "CPU"))
     parser.add_argument("--device_id", type=int, default=default_device_id())
     return parser.parse_args(argv)
@@ -134,7 +138,13 @@ def main(argv=None):
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     dataset = DATASET_OF_MODEL[args.checkpoint_nm]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
-    net = create_model(args.checkpoint_nm, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
+    if args.engine == "xnor" and args.platform != "CPU":
+        raise UserError("--engine xnor runs on the fused CPU kernels: use --platform CPU")
+    try:
+        net = create_model(args.checkpoint_nm, fused=None, engine=args.engine,
+                           **({"num_classes": args.num_classes} if args.num_classes else {}))
+    except ValueError as err:  # --engine xnor without a C++ compiler
+        raise UserError(str(err)) from None
     names = class_names(args, net.num_classes)
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)

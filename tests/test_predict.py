@@ -119,6 +119,7 @@ def test_synset_mapping_and_plain_names(tmp_path):
     ("empty", "no images"),
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
+    ("xnor_gpu", "--engine xnor runs on the fused CPU kernels"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -129,6 +130,8 @@ def test_errors(case, message, setup, tmp_path, capsys):
     argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
+    if case == "xnor_gpu":
+        argv += ["--engine", "xnor", "--platform", "GPU"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2
