@@ -12,9 +12,12 @@ machine's conditions; compare within a run, and look at the load in the header.
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
 Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
 MindSpore operators alone (fast=True, fused=False), "fused" the default network
-(fast=True plus the fused CPU kernels of src/fused_cpu.cc, eval only), "float" the
-float twin (binary=False, fast=True). All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
-environment sets it (see src/context.py).
+(fast=True plus the fused CPU kernels of src/fused_cpu.cc and cached binarized weights,
+eval only; logits bit-identical), "fused_1thread" the same with the kernels on one
+thread (BIMLP_KERNEL_THREADS=1, as they ran before they were threaded), "xnor" the
+opt-in xnor engine (binary 1x1 layers on packed bits, src/xnor_cpu.cc; eval only),
+"float" the float twin (binary=False, fast=True). All paths run in GRAPH mode with
+ONEDNN_MAX_CPU_ISA=AVX2 unless the environment sets it (see src/context.py).
 """
 import argparse
 import datetime
@@ -32,9 +35,12 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
+    "fused_1thread": {"binary": True, "fast": True, "fused": True},
     "fused": {"binary": True, "fast": True, "fused": True},
+    "xnor": {"binary": True, "fast": True, "engine": "xnor"},
     "float": {"binary": False, "fast": True},
 }
+PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
@@ -50,8 +56,8 @@ def parse_args(argv=None):
                         help="comma-separated parts to run: eval, train, data (default: all)")
     parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
-    parser.add_argument("--paths", default="upstream,fast,fused,float",
-                        help="eval paths (default: upstream,fast,fused,float)")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"eval paths (default: {','.join(PATHS)})")
     parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
                         help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
@@ -216,7 +222,8 @@ def worker(cfg):
 
 def run_worker(cfg):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **PATH_ENVIRONMENT.get(cfg.get("path"), {})})
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -249,11 +256,11 @@ def machine():
             "load_start": os.getloadavg()[0]}
 
 
-def speedup(row, rows):
-    """This row's img/s over the upstream path's for the same model, batch and kind."""
+def speedup(row, rows, baseline="upstream"):
+    """This row's img/s over the baseline path's for the same model, batch and kind."""
     for other in rows:
         if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
-                (row["kind"], row.get("model"), row["batch"], "upstream") and "img_s" in other:
+                (row["kind"], row.get("model"), row["batch"], baseline) and "img_s" in other:
             return row["img_s"] / other["img_s"]
     return None
 
@@ -272,15 +279,17 @@ def markdown(meta, rows):
         if not chosen:
             continue
         lines += [f"**{title}**", "",
-                  "| model | input | batch | path | img/s | x upstream | peak RSS GB | GB/img | compile s | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | input | batch | path | img/s | x upstream | x fused_1thread | peak RSS GB | GB/img "
+                  "| compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
-                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {r['peak_rss_gb']:.2f} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | "
+                   f"{fmt(speedup(r, rows, 'fused_1thread'), '.2f')} | {r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
-                   else f"{r['error']} | | | | | |"))
+                   else f"{r['error']} | | | | | | |"))
         lines.append("")
     for r in rows:
         if r["kind"] == "data":

@@ -1,6 +1,6 @@
 """Where an eval forward or a train step spends its time: MindSpore's profiler, summed by operator kind.
 
-    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--size 224]
+    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--engine xnor] [--size 224]
     python scripts/profile_ops.py --model BiMLP_T14 --batch 128 --train [--binary false]
 
 Runs one warm-up call (compilation), then profiles one call on random inputs and prints
@@ -72,6 +72,8 @@ def main():
     parser.add_argument("--fused", type=parse_bool, default=None, metavar="{true,false}",
                         help="fused CPU kernels in eval (default: when available; never in training)")
     parser.add_argument("--fast", type=parse_bool, default=True, metavar="{true,false}")
+    parser.add_argument("--engine", default="exact", choices=("exact", "xnor"),
+                        help="eval engine (default: exact; xnor: binary 1x1 layers on packed bits)")
     args = parser.parse_args()
 
     def run():
@@ -82,7 +84,8 @@ def main():
         from src.wavemlp_20_3 import create_model, default_image_size
 
         fused = False if args.train or not args.binary else args.fused
-        net = create_model(args.model, binary=args.binary, fast=args.fast, fused=fused)
+        net = create_model(args.model, binary=args.binary, fast=args.fast, fused=fused,
+                           engine="exact" if args.train else args.engine)
         size = args.size or default_image_size(args.model)
         channels = net.patch_embed.proj.weight.shape[1]
         x = ms.Tensor(np.random.RandomState(0).standard_normal((args.batch, channels, size, size))
@@ -105,7 +108,8 @@ def main():
         total = sum(totals.values())
         what = "train step" if args.train else "eval forward"
         print(f"{args.model} ({'binary' if args.binary else 'float twin'}) {what}, batch {args.batch}, "
-              f"{size}x{size}, fast={args.fast}, fused={net.fused}: {args.batch / plain:.2f} img/s unprofiled; "
+              f"{size}x{size}, fast={args.fast}, fused={net.fused}, engine={net.engine}: "
+              f"{args.batch / plain:.2f} img/s unprofiled; "
               f"operator time {total:.0f} ms under the profiler\n")
         print("| operator | calls | ms | share |\n|---|---:|---:|---:|")
         for kind, ms_spent in totals.most_common():
