@@ -12,6 +12,7 @@
 // Vectorized with AVX2 where the compiler targets it (popcount of bytes by table lookup, 4
 // positions a vector), portable C++ otherwise.
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #ifdef __AVX2__
@@ -30,43 +31,81 @@ struct PackedImage {
   std::vector<int32_t> nonzero_count;  // per position: popcount of all its nonzero words
 };
 
-// Packs rint(clip(x + bias, -1, 1)) of one image (C x P floats): +1 where x + bias > 0.5,
-// -1 where < -0.5, else 0 (rint rounds the ties +-0.5 to 0), with x + bias rounded to float
-// as MoveBinarize computes it.
+// The 8x8 bit matrix transposed: bit j of byte i becomes bit i of byte j.
+inline uint64_t transpose_bits(uint64_t x) {
+  uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+  x = x ^ t ^ (t << 7);
+  t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+  x = x ^ t ^ (t << 14);
+  t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+  return x ^ t ^ (t << 28);
+}
+
+// Bits of one channel at one position: nonzero where v > 0.5 or v < -0.5, negative where
+// v < -0.5, for v = x + bias rounded to float as MoveBinarize computes it (rint(clip(v, -1, 1))
+// rounds the ties +-0.5 to 0).
+inline void set_bits(float v, uint64_t bit, uint64_t *nonzero, uint64_t *negative) {
+  *nonzero |= (v > 0.5f || v < -0.5f) ? bit : 0;
+  *negative |= v < -0.5f ? bit : 0;
+}
+
+#ifdef __AVX2__
+// Words of 8 positions p.. for the channels [c0, c0 + count) (count <= 64): for each channel
+// a byte of the 8 positions' bits (compare and movemask), then per 8 channels the 8x8 bit
+// matrix transposed, and the 8x8 byte matrix transposed so that word j holds position j.
+void pack_eight_positions(const float *x, const float *bias, int64_t c0, int64_t count, int64_t positions,
+                          int64_t p, uint64_t *nonzero, uint64_t *negative) {
+  alignas(16) uint8_t nz_bytes[64] = {0}, neg_bytes[64] = {0};
+  const __m256 half = _mm256_set1_ps(0.5f), minus_half = _mm256_set1_ps(-0.5f);
+  for (int64_t c = 0; c < count; ++c) {
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + (c0 + c) * positions + p), _mm256_set1_ps(bias[c0 + c]));
+    const __m256 neg = _mm256_cmp_ps(v, minus_half, _CMP_LT_OQ);
+    nz_bytes[c] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(v, half, _CMP_GT_OQ), neg)));
+    neg_bytes[c] = static_cast<uint8_t>(_mm256_movemask_ps(neg));
+  }
+  const uint8_t *planes[2] = {nz_bytes, neg_bytes};
+  uint64_t *outputs[2] = {nonzero, negative};
+  for (int plane = 0; plane < 2; ++plane) {
+    __m128i rows[8];
+    for (int k = 0; k < 8; ++k) {  // row k: channels 8k..8k+7, byte j = their bits at position j
+      uint64_t block;
+      std::memcpy(&block, planes[plane] + 8 * k, 8);
+      rows[k] = _mm_cvtsi64_si128(static_cast<int64_t>(transpose_bits(block)));
+    }
+    const __m128i a0 = _mm_unpacklo_epi8(rows[0], rows[1]), a1 = _mm_unpacklo_epi8(rows[2], rows[3]);
+    const __m128i a2 = _mm_unpacklo_epi8(rows[4], rows[5]), a3 = _mm_unpacklo_epi8(rows[6], rows[7]);
+    const __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
+    const __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
+    __m128i *out = reinterpret_cast<__m128i *>(outputs[plane] + p);
+    _mm_storeu_si128(out, _mm_unpacklo_epi32(b0, b2));
+    _mm_storeu_si128(out + 1, _mm_unpackhi_epi32(b0, b2));
+    _mm_storeu_si128(out + 2, _mm_unpacklo_epi32(b1, b3));
+    _mm_storeu_si128(out + 3, _mm_unpackhi_epi32(b1, b3));
+  }
+}
+#endif
+
+// Packs rint(clip(x + bias, -1, 1)) of one image (C x P floats) into PackedImage's bit planes.
 void pack_image(const float *x, const float *bias, int64_t channels, int64_t positions, PackedImage *out) {
   const int64_t words = (channels + 63) / 64;
   out->nonzero.assign(words * positions, 0);
   out->negative.assign(words * positions, 0);
-  for (int64_t c = 0; c < channels; ++c) {
-    const float b = bias[c], *row = x + c * positions;
-    const uint64_t bit = uint64_t{1} << (c & 63);
-    uint64_t *nonzero = out->nonzero.data() + (c >> 6) * positions;
-    uint64_t *negative = out->negative.data() + (c >> 6) * positions;
+  for (int64_t w = 0; w < words; ++w) {
+    const int64_t c0 = w * 64, count = std::min<int64_t>(64, channels - c0);
+    uint64_t *nonzero = out->nonzero.data() + w * positions, *negative = out->negative.data() + w * positions;
     int64_t p = 0;
 #ifdef __AVX2__
-    const __m128 half = _mm_set1_ps(0.5f), minus_half = _mm_set1_ps(-0.5f), vb = _mm_set1_ps(b);
-    const __m256i vbit = _mm256_set1_epi64x(static_cast<int64_t>(bit));
-    for (; p + 4 <= positions; p += 4) {
-      const __m128 v = _mm_add_ps(_mm_loadu_ps(row + p), vb);
-      const __m128 neg = _mm_cmplt_ps(v, minus_half), nz = _mm_or_ps(_mm_cmpgt_ps(v, half), neg);
-      const __m256i neg64 = _mm256_cvtepi32_epi64(_mm_castps_si128(neg));
-      const __m256i nz64 = _mm256_cvtepi32_epi64(_mm_castps_si128(nz));
-      __m256i *nz_words = reinterpret_cast<__m256i *>(nonzero + p);
-      __m256i *neg_words = reinterpret_cast<__m256i *>(negative + p);
-      _mm256_storeu_si256(nz_words, _mm256_or_si256(_mm256_loadu_si256(nz_words), _mm256_and_si256(nz64, vbit)));
-      _mm256_storeu_si256(neg_words, _mm256_or_si256(_mm256_loadu_si256(neg_words), _mm256_and_si256(neg64, vbit)));
-    }
+    for (; p + 8 <= positions; p += 8) pack_eight_positions(x, bias, c0, count, positions, p, nonzero, negative);
 #endif
-    for (; p < positions; ++p) {
-      const float v = row[p] + b;
-      nonzero[p] |= (v > 0.5f || v < -0.5f) ? bit : 0;
-      negative[p] |= v < -0.5f ? bit : 0;
+    for (int64_t c = 0; c < count; ++c) {
+      const float b = bias[c0 + c], *row = x + (c0 + c) * positions;
+      for (int64_t q = p; q < positions; ++q) set_bits(row[q] + b, uint64_t{1} << c, nonzero + q, negative + q);
     }
   }
   out->nonzero_count.assign(positions, 0);
   for (int64_t w = 0; w < words; ++w)
-    for (int64_t p = 0; p < positions; ++p)
-      out->nonzero_count[p] += __builtin_popcountll(out->nonzero[w * positions + p]);
+    for (int64_t q = 0; q < positions; ++q)
+      out->nonzero_count[q] += __builtin_popcountll(out->nonzero[w * positions + q]);
 }
 
 #ifdef __AVX2__
