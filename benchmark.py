@@ -18,6 +18,11 @@ thread (BIMLP_KERNEL_THREADS=1, as they ran before they were threaded), "xnor" t
 opt-in xnor engine (binary 1x1 layers on packed bits, src/xnor_cpu.cc; eval only),
 "float" the float twin (binary=False, fast=True). All paths run in GRAPH mode with
 ONEDNN_MAX_CPU_ISA=AVX2 unless the environment sets it (see src/context.py).
+
+Thread settings, not run unless named in --paths (docs/performance_eval.md):
+"fused_runtime1" / "xnor_runtime1" with MindSpore's operator threads set to one
+(runtime_num_threads=1; the kernels still use every core), "fused_affinity" with
+mindspore.runtime.set_cpu_affinity(True).
 """
 import argparse
 import datetime
@@ -41,6 +46,11 @@ PATHS = {
     "float": {"binary": False, "fast": True},
 }
 PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
+THREAD_SETTINGS = {
+    "fused_runtime1": ("fused", {"runtime_num_threads": 1}),
+    "xnor_runtime1": ("xnor", {"runtime_num_threads": 1}),
+    "fused_affinity": ("fused", {"cpu_affinity": True}),
+}
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
@@ -57,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
     parser.add_argument("--paths", default=",".join(PATHS),
-                        help=f"eval paths (default: {','.join(PATHS)})")
+                        help=f"eval paths (default: {','.join(PATHS)}; also: {','.join(THREAD_SETTINGS)})")
     parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
                         help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
@@ -72,6 +82,9 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [path for path in args.paths.split(",") if path not in PATHS and path not in THREAD_SETTINGS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join([*PATHS, *THREAD_SETTINGS])}")
     if args.quick:
         args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
         args.train_models = ",".join(m for m in args.train_models.split(",") if is_small(m))
@@ -148,7 +161,18 @@ def timed(step, min_seconds, warmup=1):
 def build(cfg):
     from src.wavemlp_20_3 import create_model
 
-    return create_model(cfg["model"], **PATHS[cfg["path"]])
+    path = THREAD_SETTINGS[cfg["path"]][0] if cfg["path"] in THREAD_SETTINGS else cfg["path"]
+    return create_model(cfg["model"], **PATHS[path])
+
+
+def apply_thread_settings(path):
+    import mindspore as ms
+
+    settings = THREAD_SETTINGS.get(path, (None, {}))[1]
+    if "runtime_num_threads" in settings:
+        ms.set_context(runtime_num_threads=settings["runtime_num_threads"])
+    if settings.get("cpu_affinity"):
+        ms.runtime.set_cpu_affinity(True)
 
 
 def run_eval(cfg):
@@ -213,6 +237,7 @@ def worker(cfg):
     from src.context import setup_device
 
     setup_device("CPU", 0, "graph")
+    apply_thread_settings(cfg.get("path"))
     result = {"eval": run_eval, "train": run_train, "data": run_data}[cfg["kind"]](cfg)
     result["img_s"] = cfg["batch"] / result["step_s"]
     result["peak_rss_gb"] = peak_rss_gb()
