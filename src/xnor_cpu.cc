@@ -186,7 +186,11 @@ int XnorConv1x1(int, void **params, int *, int64_t **shapes, const char **, void
   float *y = static_cast<float *>(params[4]);
   const int64_t n = shapes[0][0], channels = shapes[0][1], positions = shapes[0][2] * shapes[0][3];
   const int64_t outputs = shapes[2][0], words = shapes[2][2];
-  std::vector<PackedImage> images(n);
+  // Kept across calls (per calling thread): the packed planes of a batch reach megabytes, which
+  // fresh allocations would map and fault in again at every layer.
+  thread_local std::vector<PackedImage> kept;
+  if (static_cast<int64_t>(kept.size()) < n) kept.resize(n);
+  std::vector<PackedImage> &images = kept;  // the worker threads must see this thread's buffers
   parallel_for(n, channels * positions, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) pack_image(x + i * channels * positions, bias, channels, positions, &images[i]);
   });
