@@ -56,7 +56,11 @@ THREAD_SETTINGS = {
 # (~80 GB), before they exhaust the machine's memory.
 BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
-                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
+                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2,
+                # The fused kernels free their intermediates: ~0.015 GB per image at batch 16.
+                ("BiMLP_S", "fused"): 0.03, ("BiMLP_M", "fused"): 0.06}
+ESTIMATED_LIKE = {"fused_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
+                  "fused_affinity": "fused"}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
 
 
@@ -128,10 +132,10 @@ def available_gb():
 def too_big(cfg, max_gb):
     if cfg["kind"] == "data":
         return None
-    path = "upstream" if cfg["path"] == "upstream" else "fast"
+    path = ESTIMATED_LIKE.get(cfg["path"], cfg["path"])
     if cfg["kind"] == "train":  # backward keeps every activation, whichever path
         path = "upstream"
-    slope = GB_PER_IMAGE.get((cfg["model"], path), 0.0)
+    slope = GB_PER_IMAGE.get((cfg["model"], path), GB_PER_IMAGE.get((cfg["model"], "fast"), 0.0))
     need = BASE_GB + slope * cfg["batch"]
     if path == "upstream" and need > max_gb:
         return f"skipped: needs ~{need:.0f} GB"
