@@ -117,9 +117,9 @@ inline __m256i popcount_bytes(__m256i v) {
                          _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
 }
 
-// y[p..p+3] = scale * (count[p] - 2 sum_w popcount(nonzero & (negative ^ weight))) for 4 positions.
-inline void dense_four(const PackedImage &a, const uint64_t *weight_negative, int64_t words, int64_t positions,
-                       int64_t p, float scale, float *y) {
+// sum_w popcount(nonzero & (negative ^ weight)) of 4 positions p.., one per 64-bit lane.
+inline __m256i differing_four(const PackedImage &a, const uint64_t *weight_negative, int64_t words,
+                              int64_t positions, int64_t p) {
   __m256i total = _mm256_setzero_si256();
   for (int64_t w0 = 0; w0 < words; w0 += 31) {  // bytes count at most 8 a word: 31 words fit
     __m256i bytes = _mm256_setzero_si256();
@@ -131,10 +131,20 @@ inline void dense_four(const PackedImage &a, const uint64_t *weight_negative, in
     }
     total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
   }
-  const __m128i low32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
-  const __m128i count = _mm_loadu_si128(reinterpret_cast<const __m128i *>(a.nonzero_count.data() + p));
-  const __m128i k = _mm_sub_epi32(count, _mm_add_epi32(low32, low32));
-  _mm_storeu_ps(y + p, _mm_mul_ps(_mm_set1_ps(scale), _mm_cvtepi32_ps(k)));
+  return total;
+}
+
+// y[p..p+7] = scale * (count - 2 differing) for 8 positions: the two halves' 64-bit sums
+// interleaved into one vector of 8 int32 and converted at once.
+inline void dense_eight(const PackedImage &a, const uint64_t *weight_negative, int64_t words, int64_t positions,
+                        int64_t p, float scale, float *y) {
+  const __m256i first = differing_four(a, weight_negative, words, positions, p);
+  const __m256i second = differing_four(a, weight_negative, words, positions, p + 4);
+  const __m256i both = _mm256_permutevar8x32_epi32(_mm256_or_si256(first, _mm256_slli_epi64(second, 32)),
+                                                   _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  const __m256i count = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a.nonzero_count.data() + p));
+  const __m256i k = _mm256_sub_epi32(count, _mm256_add_epi32(both, both));
+  _mm256_storeu_ps(y + p, _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(k)));
 }
 #endif
 
@@ -151,7 +161,7 @@ void output_channel(const PackedImage &a, const uint64_t *weight_negative, const
   int64_t p = 0;
   if (dense) {
 #ifdef __AVX2__
-    for (; p + 4 <= positions; p += 4) dense_four(a, weight_negative, words, positions, p, scale, y);
+    for (; p + 8 <= positions; p += 8) dense_eight(a, weight_negative, words, positions, p, scale, y);
 #endif
     for (; p < positions; ++p) {
       int64_t differ = 0;
