@@ -66,3 +66,36 @@ def test_engine_choices():
         create_model("BiMLP_T", engine="xnor", binary=False)
     net = create_model("BiMLP_T", engine="xnor")
     assert net.fused and net.engine == "xnor"
+
+
+def test_portable_build_computes_the_same(tmp_path):
+    """The library is built for this CPU (AVX2 here); the portable C++ path, built without any
+    -march, must give the same integers on the same packed input."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    portable = tmp_path / "portable.so"
+    flags = [flag for flag in fused.FLAGS if not flag.startswith("-march")]
+    subprocess.run([compiler, *flags, "-o", str(portable), *fused.SOURCES], check=True)
+
+    def xnor_conv(library, x, bias, bits, scale):
+        y = np.zeros((x.shape[0], bits.shape[0], *x.shape[2:]), np.float32)
+        arrays = [x, bias, bits, scale, y]
+        shapes = [np.array(a.shape, np.int64) for a in arrays]
+        params = (ctypes.c_void_p * 5)(*[a.ctypes.data for a in arrays])
+        shape_pointers = (ctypes.POINTER(ctypes.c_int64) * 5)(
+            *[s.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for s in shapes])
+        assert ctypes.CDLL(library).XnorConv1x1(5, params, None, shape_pointers, None, None, None) == 0
+        return y
+
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((2, 130, 7, 9)).astype(np.float32)
+    bias = (rng.standard_normal(130) * 0.5).astype(np.float32)
+    signs = np.where(rng.rand(24, 130) < 0.5, -1.0, 1.0).astype(np.float32)
+    signs[3, :5] = 0.0
+    bits, scale = pack_signs(signs), rng.uniform(0.1, 1.0, 24).astype(np.float32)
+    native = xnor_conv(fused.library_path(), x, bias, bits, scale)
+    np.testing.assert_array_equal(xnor_conv(str(portable), x, bias, bits, scale), native)
+    assert np.abs(native).max() > 0
