@@ -11,12 +11,20 @@ machine's conditions; compare within a run, and look at the load in the header.
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
 Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
-MindSpore operators alone (fast=True, fused=False), "fused" the network as eval.py and
-train.py run it on CPU (the fused kernels of src/fused_cpu.cc in eval, of src/fused_train.cc
-in training), "float" the float twin (binary=False, fast=True) and "float_fused" the float
-twin with the training kernels. Eval speeds are compared with upstream, train speeds with the
-same network on MindSpore's operators. All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2
-unless the environment sets it (see src/context.py).
+MindSpore operators alone (fast=True, fused=False), "fused" the default network
+(fast=True plus the fused CPU kernels of src/fused_cpu.cc and cached binarized weights,
+eval only; logits bit-identical), "fused_1thread" the same with the kernels on one
+thread (BIMLP_KERNEL_THREADS=1, as they ran before they were threaded), "xnor" the
+opt-in xnor engine (binary 1x1 layers on packed bits, src/xnor_cpu.cc; eval only),
+"float" the float twin (binary=False, fast=True). In training "fused" runs the kernels of
+src/fused_train.cc and "float_fused" the float twin with them; train speeds are compared with
+the same network on MindSpore's operators ("fast", or "float"). All paths run in GRAPH mode
+with ONEDNN_MAX_CPU_ISA=AVX2 unless the environment sets it (see src/context.py).
+
+Thread settings, not run unless named in --paths (docs/performance_eval.md):
+"fused_runtime1" / "xnor_runtime1" with MindSpore's operator threads set to one
+(runtime_num_threads=1; the kernels still use every core), "fused_affinity" with
+mindspore.runtime.set_cpu_affinity(True).
 """
 import argparse
 import datetime
@@ -34,17 +42,29 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
+    "fused_1thread": {"binary": True, "fast": True, "fused": True},
     "fused": {"binary": True, "fast": True, "fused": True, "fused_training": True},
+    "xnor": {"binary": True, "fast": True, "engine": "xnor"},
     "float": {"binary": False, "fast": True},
     "float_fused": {"binary": False, "fast": True, "fused_training": True},
 }
 TRAIN_PATHS = ("upstream", "fast", "fused", "float", "float_fused")
+PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
+THREAD_SETTINGS = {
+    "fused_runtime1": ("fused", {"runtime_num_threads": 1}),
+    "xnor_runtime1": ("xnor", {"runtime_num_threads": 1}),
+    "fused_affinity": ("fused", {"cpu_affinity": True}),
+}
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
 BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
-                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
+                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2,
+                # The fused kernels free their intermediates: ~0.015 GB per image at batch 16.
+                ("BiMLP_S", "fused"): 0.03, ("BiMLP_M", "fused"): 0.06}
+ESTIMATED_LIKE = {"fused_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
+                  "fused_affinity": "fused"}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
 # The variants each part measures unless --model names others: (eval, train).
 DEFAULT_MODELS = ("BiMLP_S,BiMLP_M", "BiMLP_T,BiMLP_T14,BiMLP_S")
@@ -57,8 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", help="comma-separated variants for every part (default: BiMLP_S,BiMLP_M "
                         "for eval; BiMLP_T,BiMLP_T14,BiMLP_S for train, only the 28x28 ones with --quick)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
-    parser.add_argument("--paths", default="upstream,fast,fused,float",
-                        help="eval paths (default: upstream,fast,fused,float)")
+    parser.add_argument("--paths", default=",".join(path for path in PATHS if path != "float_fused"),
+                        help=f"eval paths (default: all but float_fused; also: {','.join(THREAD_SETTINGS)})")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
@@ -71,6 +91,9 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [path for path in args.paths.split(",") if path not in PATHS and path not in THREAD_SETTINGS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join([*PATHS, *THREAD_SETTINGS])}")
     eval_models, train_models = DEFAULT_MODELS
     if args.quick:
         eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
@@ -123,10 +146,10 @@ def available_gb():
 def too_big(cfg, max_gb):
     if cfg["kind"] == "data":
         return None
-    path = "upstream" if cfg["path"] == "upstream" else "fast"
+    path = ESTIMATED_LIKE.get(cfg["path"], cfg["path"])
     if cfg["kind"] == "train":  # backward keeps every activation, whichever path
         path = "upstream"
-    slope = GB_PER_IMAGE.get((cfg["model"], path), 0.0)
+    slope = GB_PER_IMAGE.get((cfg["model"], path), GB_PER_IMAGE.get((cfg["model"], "fast"), 0.0))
     need = BASE_GB + slope * cfg["batch"]
     if path == "upstream" and need > max_gb:
         return f"skipped: needs ~{need:.0f} GB"
@@ -158,7 +181,18 @@ def timed(step, min_seconds, warmup=1):
 def build(cfg):
     from src.wavemlp_20_3 import create_model
 
-    return create_model(cfg["model"], **PATHS[cfg["path"]])
+    path = THREAD_SETTINGS[cfg["path"]][0] if cfg["path"] in THREAD_SETTINGS else cfg["path"]
+    return create_model(cfg["model"], **PATHS[path])
+
+
+def apply_thread_settings(path):
+    import mindspore as ms
+
+    settings = THREAD_SETTINGS.get(path, (None, {}))[1]
+    if "runtime_num_threads" in settings:
+        ms.set_context(runtime_num_threads=settings["runtime_num_threads"])
+    if settings.get("cpu_affinity"):
+        ms.runtime.set_cpu_affinity(True)
 
 
 def run_eval(cfg):
@@ -224,6 +258,7 @@ def worker(cfg):
     from src.context import setup_device
 
     setup_device("CPU", 0, "graph")
+    apply_thread_settings(cfg.get("path"))
     result = {"eval": run_eval, "train": run_train, "data": run_data}[cfg["kind"]](cfg)
     result["img_s"] = cfg["batch"] / result["step_s"]
     result["peak_rss_gb"] = peak_rss_gb()
@@ -233,7 +268,8 @@ def worker(cfg):
 
 def run_worker(cfg):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **PATH_ENVIRONMENT.get(cfg.get("path"), {})})
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -263,7 +299,7 @@ def machine():
     return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "mindspore": ms.__version__,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "AVX2 (set by src/context.py)"),
-            "train_kernel_threads": int(os.environ.get("BIMLP_TRAIN_THREADS", "2")),
+            "kernel_threads": os.environ.get("BIMLP_KERNEL_THREADS", "one per core"),
             "load_start": os.getloadavg()[0]}
 
 
@@ -275,11 +311,11 @@ def baseline(row):
     return "float" if row["path"].startswith("float") else "fast"
 
 
-def speedup(row, rows):
-    """This row's img/s over its baseline's for the same model, batch and kind."""
+def speedup(row, rows, path=None):
+    """This row's img/s over the `path` (default: its baseline) row's for the same model, batch and kind."""
     for other in rows:
         if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
-                (row["kind"], row.get("model"), row["batch"], baseline(row)) and "img_s" in other:
+                (row["kind"], row.get("model"), row["batch"], path or baseline(row)) and "img_s" in other:
             return row["img_s"] / other["img_s"]
     return None
 
@@ -291,7 +327,7 @@ def fmt(value, spec):
 def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
-             f"training kernels on {meta.get('train_kernel_threads', 2)} thread(s), "
+             f"fused kernels' threads: {meta.get('kernel_threads', 'one per core')}, "
              f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
     for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
@@ -300,16 +336,17 @@ def markdown(meta, rows):
             continue
         lines += [f"**{title}**", "",
                   f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
-                  "| CPU s/step | peak RSS GB | GB/img | compile s | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| x fused_1thread | CPU s/step | peak RSS GB | GB/img | compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
-                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | "
+                   f"{fmt(speedup(r, rows, 'fused_1thread'), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
                    f"{r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
-                   else f"{r['error']} | | | | | | |"))
+                   else f"{r['error']} | | | | | | | |"))
         lines.append("")
     for r in rows:
         if r["kind"] == "data":

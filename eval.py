@@ -17,6 +17,7 @@ from src.context import PLATFORMS, UserError, add_model_argument, default_device
 from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
 from src.evaluation import evaluate
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model, models_for
+from src.weight_cache import ENGINES
 
 # BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
 MIN_IMAGE_SIZE = 16
@@ -37,6 +38,9 @@ def parse_args(argv=None):
                         help="run the binary network's element-wise chains as the fused CPU kernels of "
                              "src/fused_cpu.cc (same logits, faster); default: on CPU when a C++ compiler "
                              "is available")
+    parser.add_argument("--engine", default="exact", choices=ENGINES,
+                        help="exact: logits bit-identical to the released network; xnor: binary 1x1 layers on "
+                             "packed bits in integer arithmetic, faster, equal up to float rounding (default: exact)")
     parser.add_argument("--dataset", choices=DATASETS,
                         help="default: fashion_mnist for BiMLP_T/T14, imagenet for BiMLP_S/M")
     parser.add_argument("--image_size", type=int, help="default: 224 (imagenet, imagefolder), 28 (fashion_mnist)")
@@ -74,6 +78,9 @@ def resolve(args):
                         f"pass --num_classes {dataset_classes} or a matching dataset")
     if args.fused and not args.binary:
         raise UserError("--fused true needs the binary network: the fused kernels binarize activations")
+    if args.engine == "xnor" and (not args.binary or args.fused is False or args.platform != "CPU"):
+        raise UserError("--engine xnor computes the binary network with the fused CPU kernels: it needs "
+                        "--binary true, --platform CPU and --fused true (or unset)")
     if args.fused and args.platform != "CPU":
         raise UserError("--fused true needs --platform CPU: the fused kernels are CPU code")
     return args
@@ -81,7 +88,8 @@ def resolve(args):
 
 def build_network(args):
     try:
-        net = create_model(args.model, num_classes=args.num_classes, binary=args.binary, fused=args.fused)
+        net = create_model(args.model, num_classes=args.num_classes, binary=args.binary, fused=args.fused,
+                           engine=args.engine)
     except ValueError as err:  # --fused true without a C++ compiler
         raise UserError(str(err)) from None
     load_weights(net, args.checkpoint_path, args.model)
@@ -105,7 +113,7 @@ def main(argv=None):
           flush=True)
     setup_device(args.platform, args.device_id, args.mode)
     net = build_network(args)
-    print(f"  fused CPU kernels: {'on' if net.fused else 'off'}", flush=True)
+    print(f"  fused CPU kernels: {'on' if net.fused else 'off'}, engine {net.engine}", flush=True)
     dataset = create_dataset(args.dataset, args.dataset_path, "val", args.batch_size, args.image_size)
     if args.mode == "graph":
         print("compiling the network graph on the first batch (can take minutes on CPU; "

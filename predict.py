@@ -24,6 +24,7 @@ from src.checkpoint import SHIPPED_DEFAULT_MODEL, load_weights, shipped_checkpoi
 from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
 from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, preprocess_image_file
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model
+from src.weight_cache import ENGINES
 
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8
@@ -43,6 +44,9 @@ def parse_args(argv=None):
                         help="LOC_synset_mapping.txt (lines 'n01440764 tench, Tinca tinca') or one name per line")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--engine", default="exact", choices=ENGINES,
+                        help="exact: logits bit-identical to the released network; xnor: binary 1x1 layers on "
+                             "packed bits, faster, equal up to float rounding (CPU; default: exact)")
     parser.add_argument("--platform", default="CPU", choices=("Ascend", "GPU", "CPU"))
     parser.add_argument("--device_id", type=int, default=default_device_id())
     return parser.parse_args(argv)
@@ -138,7 +142,13 @@ def main(argv=None):
     checkpoint_path = args.checkpoint_path or shipped_checkpoint(args.model)
     dataset = DATASET_OF_MODEL[args.model]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
-    net = create_model(args.model, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
+    if args.engine == "xnor" and args.platform != "CPU":
+        raise UserError("--engine xnor runs on the fused CPU kernels: use --platform CPU")
+    try:
+        net = create_model(args.model, fused=None, engine=args.engine,
+                           **({"num_classes": args.num_classes} if args.num_classes else {}))
+    except ValueError as err:  # --engine xnor without a C++ compiler
+        raise UserError(str(err)) from None
     names = class_names(args, net.num_classes)
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)

@@ -1,6 +1,6 @@
 """Where an eval forward or a train step spends its time: MindSpore's profiler, summed by operator kind.
 
-    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--size 224]
+    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--engine xnor] [--size 224]
     python scripts/profile_ops.py --model BiMLP_T14 --batch 128 --train [--binary false] [--fused false]
 
 Runs one warm-up call (compilation), then profiles one call on random inputs and prints
@@ -73,6 +73,8 @@ def main():
     parser.add_argument("--fused", type=parse_bool, default=None, metavar="{true,false}",
                         help="fused CPU kernels (default: when available; in training as train.py uses them)")
     parser.add_argument("--fast", type=parse_bool, default=True, metavar="{true,false}")
+    parser.add_argument("--engine", default="exact", choices=("exact", "xnor"),
+                        help="eval engine (default: exact; xnor: binary 1x1 layers on packed bits)")
     args = parser.parse_args()
 
     def run():
@@ -88,7 +90,8 @@ def main():
         if args.train:
             net = create_model(args.model, binary=args.binary, fast=args.fast, fused=False, fused_training=use)
         else:
-            net = create_model(args.model, binary=args.binary, fast=args.fast, fused=use and args.binary)
+            net = create_model(args.model, binary=args.binary, fast=args.fast, fused=use and args.binary,
+                               engine=args.engine)
         size = args.size or default_image_size(args.model)
         channels = net.patch_embed.proj.weight.shape[1]
         x = ms.Tensor(np.random.RandomState(0).standard_normal((args.batch, channels, size, size))
@@ -111,7 +114,8 @@ def main():
         total = sum(totals.values())
         what = "train step" if args.train else "eval forward"
         print(f"{args.model} ({'binary' if args.binary else 'float twin'}) {what}, batch {args.batch}, "
-              f"{size}x{size}, fast={args.fast}, fused={net.fused_training if args.train else net.fused}: {args.batch / plain:.2f} img/s unprofiled; "
+              f"{size}x{size}, fast={args.fast}, fused={net.fused_training if args.train else net.fused}, "
+              f"engine={net.engine}: {args.batch / plain:.2f} img/s unprofiled; "
               f"operator time {total:.0f} ms under the profiler\n")
         print("| operator | calls | ms | share |\n|---|---:|---:|---:|")
         for kind, ms_spent in totals.most_common():

@@ -3,9 +3,11 @@
 MindSpore 2.10 on CPU runs every element-wise operator as its own pass over memory,
 and a BiMLP forward is mostly such chains (bias, batch norm, add, PReLU, bias,
 binarize). `src/fused_cpu.cc` does each chain in one pass with the same float32
-operations in the same order, so logits stay bit-identical. The library is compiled
-with the system C++ compiler on first use and cached; without a compiler the
-network simply runs its unfused operators.
+operations in the same order, so logits stay bit-identical; `src/xnor_cpu.cc` has the
+xnor engine's binary convolutions on packed bits. The kernels split their work across
+the cores (`src/cpu_threads.h`). One library is compiled from these sources with the
+system C++ compiler on first use and cached; without a compiler the network simply runs
+its unfused operators.
 """
 import ctypes
 import hashlib
@@ -17,13 +19,14 @@ import tempfile
 import warnings
 
 import mindspore as ms
+from mindspore import dtype as mstype
 from mindspore import nn, ops
 
 from src.context import cache_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc")]
-HEADERS = [os.path.join(HERE, "fused_common.h")]
+SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc", "xnor_cpu.cc")]
+HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.h")]
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
@@ -124,6 +127,18 @@ def _dtype_twice(*dtypes):
     return dtypes[0], dtypes[0]
 
 
+def _one_value(*shapes):
+    return (1,)
+
+
+def _float32(*dtypes):
+    return mstype.float32
+
+
+def _xnor_conv_shape(x, bias, bits, scale):
+    return x[0], bits[0], x[2], x[3]
+
+
 def _kernel(name, out_shape=_same_shape, out_dtype=_same_dtype):
     return ops.Custom(f"{library_path()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
 
@@ -149,6 +164,8 @@ class Kernels(nn.Cell):
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
         self.group_norm = _kernel("GroupNorm1")
+        self.weights_unchanged = _kernel("WeightsUnchanged", _one_value, _float32)
+        self.xnor_conv1x1 = _kernel("XnorConv1x1", _xnor_conv_shape, _same_dtype)
 
 
 def bn_act_params(bn, act):

@@ -11,9 +11,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "fused_common.h"
 
 namespace {
@@ -29,32 +29,13 @@ T *arg(void **params, int i) {
   return static_cast<T *>(params[i]);
 }
 
-// Splits [0, count) over the kernel's threads (BIMLP_TRAIN_THREADS, default 2). Training
-// kernels work on whole batches of channels: large enough to pay for a thread start.
-int thread_count() {
-  static const int count = [] {
-    const char *text = std::getenv("BIMLP_TRAIN_THREADS");
-    const int n = text ? std::atoi(text) : 2;
-    return std::max(1, std::min(n, 64));
-  }();
-  return count;
-}
-
+// Runs body(i) for i in [0, count) on the kernel threads of cpu_threads.h; `work` is how many
+// values one item touches, which decides whether more threads pay.
 template <typename Body>
-void parallel_for(int64_t count, Body body) {
-  const int64_t threads = std::min<int64_t>(thread_count(), count);
-  if (threads <= 1) {
-    for (int64_t i = 0; i < count; ++i) body(i);
-    return;
-  }
-  std::vector<std::thread> team;
-  const int64_t chunk = (count + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t)
-    team.emplace_back([&, t] {
-      for (int64_t i = t * chunk; i < std::min(count, (t + 1) * chunk); ++i) body(i);
-    });
-  for (int64_t i = 0; i < std::min(count, chunk); ++i) body(i);
-  for (auto &thread : team) thread.join();
+void parallel_for(int64_t count, int64_t work, Body body) {
+  bimlp::parallel_for(count, work, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  });
 }
 
 struct Dims {
@@ -137,7 +118,7 @@ int bn_act_forward(void **params, int64_t **shapes) {
   float *y = arg<float>(params, first + 5), *mean_out = arg<float>(params, first + 6);
   float *var_out = arg<float>(params, first + 7);
   const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     double mean, var;
     channel_moments(a, d, c, &mean, &var);
     mean_out[c] = static_cast<float>(mean);
@@ -171,7 +152,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
   float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
   float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
   const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     const float m = mean_in[c], gamma = k.gamma[c];
     const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
     const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
@@ -291,7 +272,7 @@ int MoveBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **
   const float *x = arg<const float>(params, 0), *bias = arg<const float>(params, 1);
   float *t = arg<float>(params, 2), *q = arg<float>(params, 3);
   const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     const float b = bias[c];
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c);
@@ -310,7 +291,7 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
   const float *t = arg<const float>(params, 0), *dt = arg<const float>(params, 1), *dq = arg<const float>(params, 2);
   float *dx = arg<float>(params, 3), *dbias = arg<float>(params, 4);
   const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     LaneSums<1> sum;
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, c);
@@ -343,13 +324,13 @@ int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, v
   float *q = arg<float>(params, 3), *m = arg<float>(params, 4), *cosine = arg<float>(params, 5);
   float *sine = arg<float>(params, 6);
   const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     std::vector<int32_t> unsure(d.hw);
     for (int64_t n = 0; n < d.n; ++n) sincos_rounded(theta + d.at(n, c), sine + d.at(n, c), cosine + d.at(n, c),
                                                      unsure.data(), d.hw);
   });
   const PhaseChannels p{x, cosine, sine, bias, d};
-  parallel_for(d.c, [&](int64_t g) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t g) {
     for (int64_t n = 0; n < d.n; ++n) {
       float *q0 = q + (n * 2 * d.c + 2 * g) * d.hw, *q1 = q0 + d.hw, *mean = m + d.at(n, g);
       for (int64_t i = 0; i < d.hw; ++i) {
@@ -371,7 +352,7 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
   float *dx = arg<float>(params, 6), *dtheta = arg<float>(params, 7), *dbias = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
   const PhaseChannels p{x, cosine, sine, bias, d};
-  parallel_for(d.c, [&](int64_t c) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
     LaneSums<2> sums;
     const int64_t js = d.c + c;  // channel c of p is x cos, channel C + c is x sin
     for (int64_t n = 0; n < d.n; ++n) {
@@ -402,7 +383,7 @@ int WaveMixTrain(int, void **params, int *, int64_t **shapes, const char **, voi
   float *y = arg<float>(params, 5);
   const Dims d = dims_of(shapes[0]);
   const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
-  parallel_for(d.n * d.c, [&](int64_t plane) {
+  parallel_for(d.n * d.c, 5 * d.hw, [&](int64_t plane) {
     const int64_t o = plane * d.hw;
     for (int64_t i = 0; i < d.hw; ++i) y[o + i] = x[o + i] + ((w0 * b[o + i] + w1 * c[o + i]) + rest * a[o + i]);
   });
@@ -419,7 +400,7 @@ int WaveMixTrainGrad(int, void **params, int *, int64_t **shapes, const char **,
   const Dims d = dims_of(shapes[0]);
   const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
   std::vector<LaneSums<3>> sums(d.c);  // per channel: dy b, dy c, dy a
-  parallel_for(d.c, [&](int64_t ch) {
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t ch) {
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, ch);
       sums[ch].add(d.hw, [&](int64_t i, float *v) {
@@ -454,7 +435,7 @@ int Mix3Train(int, void **params, int *, int64_t **shapes, const char **, void *
   float *y = arg<float>(params, 5);
   const Dims d = dims_of(shapes[0]);
   const int64_t stride = d.n * d.c;
-  parallel_for(stride, [&](int64_t plane) {
+  parallel_for(stride, 5 * d.hw, [&](int64_t plane) {
     const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
     const int64_t o = plane * d.hw;
     for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ((h[o + i] * a0 + w[o + i] * a1) + c[o + i] * a2) + u[o + i];
@@ -471,7 +452,7 @@ int Mix3TrainGrad(int, void **params, int *, int64_t **shapes, const char **, vo
   float *da = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
   const int64_t stride = d.n * d.c;
-  parallel_for(stride, [&](int64_t plane) {
+  parallel_for(stride, 5 * d.hw, [&](int64_t plane) {
     const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
     const int64_t o = plane * d.hw;
     LaneSums<3> sums;
@@ -498,7 +479,7 @@ int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *,
   const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
   const LineLayout l(shapes[0], shapes[1]);
   const int64_t hw = l.h * l.w;
-  parallel_for(cout, [&](int64_t g) {
+  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
     std::vector<float> padded(l.padded_size(), 0.0f), acc(l.size);
     for (int64_t n = 0; n < batch; ++n) {
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -525,7 +506,7 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
   const LineLayout l(shapes[0], shapes[1]);
   const int64_t hw = l.h * l.w;
-  parallel_for(cout, [&](int64_t g) {
+  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
     std::vector<float> padded(l.padded_size(), 0.0f), grad(l.size, 0.0f), dpadded(l.padded_size());
     std::vector<LaneSums<1>> dw(per_group * l.taps);
     for (int64_t n = 0; n < batch; ++n) {
@@ -560,7 +541,7 @@ int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void 
   int32_t *argmax = arg<int32_t>(params, 2);
   const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
   const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2, size = oh * ow;
-  parallel_for(planes, [&](int64_t plane) {
+  parallel_for(planes, 8 * h * w, [&](int64_t plane) {
     const float *in = x + plane * h * w;
     float *out = y + plane * size;
     int32_t *index = argmax + plane * 4 * size;
@@ -617,7 +598,7 @@ int Pool4TrainGrad(int, void **params, int *, int64_t **shapes, const char **, v
   float *dx = arg<float>(params, 3);
   const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
   const int64_t size = ((h + 1) / 2) * ((w + 1) / 2);
-  parallel_for(planes, [&](int64_t plane) {
+  parallel_for(planes, 8 * h * w, [&](int64_t plane) {
     float *out = dx + plane * h * w;
     std::fill(out, out + h * w, 0.0f);
     const int32_t *index = argmax + plane * 4 * size;

@@ -16,6 +16,7 @@ from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
 from src.fused import channel_scale, mix3, move_quantize, norm_act, phase_quantize, pool4, wave_mix
+from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.quan_conv import QuanConv
 
@@ -177,7 +178,7 @@ class Mlp(nn.Cell):
 
     def construct_fused(self, x):
         k = self.kernels
-        a = self.fc1.conv_quantized(k.move_binarize(x, self.move1.bias), k)
+        a = self.fc1.conv_binarized(x, self.move1.bias, k)
         h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
                                          *fused_kernels.bn_act_params(self.norm1, self.act2), self.move2.bias)
         return k.bn_act_group_mean(self.fc2.conv_quantized(h_q, k), h,
@@ -192,7 +193,7 @@ def residual_fc(kernels, move, conv, bn, act, x):
 
 def fused_residual_fc(kernels, move, conv, bn, act, x):
     """residual_fc in two fused kernels around the convolution."""
-    a = conv.conv_quantized(kernels.move_binarize(x, move.bias), kernels)
+    a = conv.conv_binarized(x, move.bias, kernels)
     return kernels.bn_act_moved(a, x, move.bias, *fused_kernels.bn_act_params(bn, act))
 
 
@@ -411,11 +412,14 @@ class BiMLP(nn.Cell):
         fused_training: in training, run the element-wise chains, the line convolutions and
             the downsampling pools as the fused kernels of src/fused_train.cc, forward and
             backward (binary or float twin). Off by default; train.py turns it on on CPU.
+        engine: "exact" (logits bit-identical to the released network) or "xnor": the fused
+            path (whatever `fused` says) with its binary 1x1 convolutions on packed bits in
+            integer arithmetic, faster, logits equal up to float rounding (src/xnor_cpu.cc).
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
                  num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=None,
-                 fused_training=False):
+                 fused_training=False, engine="exact"):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
@@ -437,6 +441,7 @@ class BiMLP(nn.Cell):
         self.norm = norm_layer(embed_dims[-1])
         self.head = nn.Dense(embed_dims[-1], num_classes,
                              weight_init=TruncatedNormal(0.02), bias_init="zeros")
+        fused = weight_cache.check_engine(engine, fused, binary, fast)
         if fused is None:
             fused = binary and fast and fused_kernels.available()
         if fused and not binary:
@@ -444,16 +449,22 @@ class BiMLP(nn.Cell):
         if (fused or fused_training) and not fused_kernels.available():
             raise ValueError("the fused kernels need MindSpore on CPU and src/fused_*.cc built: a C++ compiler "
                              "and a writable cache directory (see the warning above)")
-        self.fused, self.fused_training = bool(fused), bool(fused_training)
+        self.fused, self.fused_training, self.engine = bool(fused), bool(fused_training), engine
         cells = [cell for _, cell in self.cells_and_names()]
         if self.fused:
             kernels = fused_kernels.Kernels()
             for cell in [cell for cell in cells if getattr(cell, "fusable", False)]:
                 cell.kernels = kernels
+            self.binarized_weights = weight_cache.BinarizedWeights(self, kernels, engine)
         if self.fused_training:
             train_kernels = fused_kernels.TrainKernels()
             for cell in [cell for cell in cells if hasattr(cell, "train_kernels")]:
                 cell.train_kernels = train_kernels
+
+    def __call__(self, *args, **kwargs):
+        if self.fused and not self.training:
+            self.binarized_weights.refresh()
+        return super().__call__(*args, **kwargs)
 
     def forward_features(self, x):
         x = self.patch_embed(x)

@@ -95,17 +95,18 @@ def assert_user_error(proc, *fragments):
         assert fragment in proc.stderr, proc.stderr
 
 
-def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_checkpoint):
+@pytest.mark.parametrize("engine", ["exact", "xnor"])
+def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_checkpoint, engine):
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28))
     folder = write_idx(str(tmp_path), "test", images, FASHION_LABELS)
     write_idx(folder, "train", images[:1], [0])
     proc = run_eval("--dataset_path", folder, "--checkpoint_path", t_checkpoint, "--model", "BiMLP_T",
-                    "--batch_size", "3")
+                    "--batch_size", "3", "--engine", engine)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result, _ = parse_result(proc.stdout)
     assert result == {"acc": FASHION_ACC, "top5": FASHION_TOP5, "num_samples": 7}
     assert "fashion_mnist" in proc.stdout and "graph mode" in proc.stdout
-    assert "fused CPU kernels: on" in proc.stdout
+    assert f"fused CPU kernels: on, engine {engine}" in proc.stdout
 
 
 @pytest.mark.parametrize("argv,model", [([], "BiMLP_T14"), (["--model", "BiMLP_T"], "BiMLP_T")])
@@ -206,6 +207,8 @@ def test_model_and_dataset_channels_must_agree(fruits, t_checkpoint):
     (["--model", "BiMLP_M", "--checkpoint_path", None], "--checkpoint_path is required for BiMLP_M"),
     (["--fused", "true", "--binary", "false"], "--fused true needs the binary network"),
     (["--fused", "true", "--platform", "GPU"], "--fused true needs --platform CPU"),
+    (["--engine", "xnor", "--binary", "false"], "--engine xnor computes the binary network"),
+    (["--engine", "xnor", "--fused", "false"], "--engine xnor computes the binary network"),
 ])
 def test_bad_flags(fruits, s_checkpoint, flags, message):
     base = {"--dataset_path": fruits, "--checkpoint_path": s_checkpoint, "--model": "BiMLP_S",

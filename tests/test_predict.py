@@ -137,6 +137,7 @@ def test_synset_mapping_and_plain_names(tmp_path):
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
     ("no_shipped_checkpoint", "--checkpoint_path is required for BiMLP_S"),
+    ("xnor_gpu", "--engine xnor runs on the fused CPU kernels"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -149,6 +150,8 @@ def test_errors(case, message, setup, tmp_path, capsys):
         argv += ["--class_names", str(names)]
     if case == "no_shipped_checkpoint":
         argv = ["--image", image, "--model", "BiMLP_S"]
+    elif case == "xnor_gpu":
+        argv += ["--engine", "xnor", "--platform", "GPU"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2
