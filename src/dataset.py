@@ -48,6 +48,10 @@ FASHION_MNIST_STD = [0.3530 * 255]
 
 # Marks our decoder's failures inside MindSpore's pipeline error text.
 UNREADABLE = "unreadable image"
+# The value range of each PIL mode with more than 8 bits per pixel: I;16 (16-bit PNG and TIFF; also
+# I;16B, I;16L...) and I (32-bit integers, how older Pillow and TIFF give 16-bit pixels) span the
+# 16-bit range, F (float TIFF) spans 0..1. Each is scaled to 0..255 (I;16: divided by 257).
+HIGH_DEPTH_RANGE = {"I": (0, 65535), "F": (0.0, 1.0)}
 
 
 def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
@@ -120,12 +124,42 @@ def resize_size(image_size):
 
 
 def decode_rgb(raw):
-    """Encoded image bytes -> HWC uint8 RGB; grayscale, CMYK, palette and alpha images are converted."""
+    """Encoded image bytes -> HWC uint8 RGB, as decode_image."""
     try:
-        with Image.open(io.BytesIO(raw.tobytes())) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        return decode_image(io.BytesIO(raw.tobytes()), "RGB")
+    except UserError as err:
         raise ValueError(f"{UNREADABLE}: {err}") from None
+
+
+def decode_image(source, mode="RGB"):
+    """An image file (path or file object) -> HWC uint8 pixels in PIL mode "RGB" or "L".
+
+    The one decoder of the package: the data pipelines and predict.py read images through it.
+    Grayscale, CMYK, palette and alpha images are converted; 16-bit and float pixels are
+    first scaled to 8 bits by the range of their type (see to_8bit).
+    """
+    try:
+        with Image.open(source) as image:
+            return np.asarray(to_8bit(image).convert(mode))
+    except UserError:
+        raise
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise UserError(str(err)) from None
+
+
+def to_8bit(image):
+    """A PIL image with 8-bit channels. PIL's own convert() clips 16-bit and 32-bit pixels at 255
+    (a 16-bit photo turns almost white) and maps float pixels in 0..1 to black."""
+    mode = image.mode.split(";")[0]
+    if mode not in HIGH_DEPTH_RANGE:
+        return image
+    low, high = HIGH_DEPTH_RANGE[mode]
+    pixels = np.asarray(image, np.float64)
+    if pixels.size and (pixels.min() < low or pixels.max() > high):
+        raise UserError(f"{image.mode} pixels from {pixels.min():g} to {pixels.max():g} lie outside "
+                        f"{low:g}..{high:g}, the range this package reads {image.mode} images in; "
+                        f"save the image with 8 or 16 bits per channel")
+    return Image.fromarray(np.round(pixels * (255.0 / high)).astype(np.uint8), "L")
 
 
 def preprocess_image_file(file, name="imagenet", image_size=None):
@@ -133,9 +167,8 @@ def preprocess_image_file(file, name="imagenet", image_size=None):
     if not os.path.isfile(file):
         raise UserError(f"image not found: {file}")
     try:
-        with Image.open(file) as image:
-            pixels = np.asarray(image.convert("L" if name == "fashion_mnist" else "RGB"))
-    except Exception as err:  # as in decode_rgb
+        pixels = decode_image(file, "L" if name == "fashion_mnist" else "RGB")
+    except UserError as err:
         raise UserError(f"cannot decode {file}: {err}") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

@@ -4,8 +4,9 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from data_images import noisy, solid, truncate, write_idx, write_image, write_tree
+from data_images import noisy, solid, truncate, write_high_depth, write_idx, write_image, write_tree
 from src.context import UserError
 from src.dataset import (FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, class_names, count_images,
                          create_dataset, fashion_mnist_folder, num_classes_of, numpy_batches,
@@ -100,6 +101,32 @@ def test_preprocess_image_file_matches_the_pipeline(formats_tree):
     (images, _), = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=8, image_size=32))
     single = preprocess_image_file(os.path.join(formats_tree, "cat", "rgb.jpg"), "imagefolder", 32)
     assert any(np.array_equal(single, image) for image in images)
+
+
+@pytest.mark.parametrize("mode,ext", [("I;16", ".png"), ("I;16", ".tif"), ("I", ".tif"), ("F", ".tif")])
+def test_high_depth_images_decode_like_their_8_bit_copy(tmp_path, mode, ext):
+    pixels = np.asarray(noisy(4).convert("L"))
+    eight = write_image(str(tmp_path / "a" / "eight.png"), pixels, "L")
+    deep = write_high_depth(str(tmp_path / "deep" / f"deep{ext}"), pixels, mode)
+    for name in ("fashion_mnist", "imagefolder"):
+        np.testing.assert_array_equal(preprocess_image_file(deep, name, 32), preprocess_image_file(eight, name, 32))
+
+
+def test_the_pipeline_decodes_16_bit_pngs_like_predict(tmp_path):
+    pixels = np.asarray(noisy(5).convert("L"))
+    write_image(str(tmp_path / "a" / "eight.png"), pixels, "L")
+    deep = write_high_depth(str(tmp_path / "b" / "deep.png"), pixels, "I;16")
+    (images, labels), = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=2, image_size=32))
+    assert labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(images[1], images[0])
+    np.testing.assert_array_equal(images[1], preprocess_image_file(deep, "imagefolder", 32))
+
+
+def test_float_pixels_outside_0_to_1_are_refused(tmp_path):
+    file = str(tmp_path / "hdr.tif")
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(file)
+    with pytest.raises(UserError, match=r"cannot decode .*hdr.tif: F pixels from 3.5 to 3.5 lie outside 0..1"):
+        preprocess_image_file(file, "imagefolder")
 
 
 def test_shards_split_the_images_disjointly(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import predict
+from data_images import write_high_depth
 from conftest import ROOT
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
@@ -26,7 +27,8 @@ def fashion_mnist_test_images(count):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG plus one broken file."""
+    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG, the first one also
+    as a 16-bit PNG, plus one broken file."""
     folder = tmp_path_factory.mktemp("predict")
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
@@ -35,6 +37,7 @@ def setup(tmp_path_factory):
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
         Image.fromarray(pixels).save(images / f"{index}.png")
+    write_high_depth(str(images / "0_16bit.png"), fashion_mnist_test_images(1)[0], "I;16")
     (images / "broken.png").write_text("not an image")
     (images / "notes.txt").write_text("not an image either, and not an image name")
     return checkpoint, str(images)
@@ -80,7 +83,8 @@ def test_png_preprocessing_is_the_eval_pipeline():
 def test_folder_as_json(setup, outputs):
     checkpoint = setup[0]
     result = json.loads(outputs["json"])
-    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "1.png", "2.png"]
+    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "0_16bit.png", "1.png", "2.png"]
+    assert result["predictions"][1]["top_k"] == result["predictions"][0]["top_k"]
     assert [os.path.basename(s["image"]) for s in result["skipped"]] == ["broken.png"]
     for prediction in result["predictions"]:
         top = prediction["top_k"]
