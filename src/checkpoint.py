@@ -1,4 +1,5 @@
 """Loading and saving checkpoints: strict, explicit about mismatches, atomic on write."""
+import json
 import os
 
 import mindspore as ms
@@ -66,6 +67,19 @@ def guess_variant(weights, exclude=None):
 STATE_PREFIX = "train_state."
 # ...and whether the weights are a binary network or its float twin (1 or 0).
 BINARY_MARKER = f"{STATE_PREFIX}binary"
+# ...and the class name of each label, as a JSON list: eval.py and predict.py map class folders by name.
+CLASS_NAMES_RECORD = f"{STATE_PREFIX}class_names"
+
+
+def model_records(binary, class_names):
+    """The records train.py writes beside the weights of every checkpoint."""
+    return {BINARY_MARKER: int(binary), CLASS_NAMES_RECORD: json.dumps(list(class_names))}
+
+
+def recorded_class_names(params):
+    """The checkpoint's class names (label index -> name), or None if it does not record them."""
+    value = params.get(CLASS_NAMES_RECORD)
+    return None if value is None else json.loads(str(value))
 
 
 def _is_training_state(name):

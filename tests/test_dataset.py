@@ -10,7 +10,7 @@ from data_images import noisy, solid, truncate, write_high_depth, write_idx, wri
 from src.context import UserError
 from src.dataset import (FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, class_names, count_images,
                          create_dataset, fashion_mnist_folder, num_classes_of, numpy_batches,
-                         preprocess_image_file, resize_size)
+                         preprocess_image_file, readable_class_names, resize_size)
 
 ORANGE = (200, 100, 50)
 
@@ -167,9 +167,41 @@ def test_bad_folders_are_user_errors(tmp_path, layout, message):
         create_dataset("imagefolder", str(root), "val", batch_size=2)
 
 
-def test_imagenet_needs_1000_class_folders(formats_tree):
-    with pytest.raises(UserError, match="3 class folders.*--dataset imagefolder"):
+def test_imagenet_refuses_folders_that_are_not_synsets(formats_tree):
+    with pytest.raises(UserError, match="3 class folders that are not ImageNet-1k synsets .*--dataset imagefolder"):
         create_dataset("imagenet", formats_tree, "val", batch_size=2)
+    with pytest.raises(UserError, match="not ImageNet-1k synsets"):
+        num_classes_of("imagenet", formats_tree)
+
+
+# Three ImageNet-1k classes far from the first ones, with their canonical indices.
+SUBSET = {"n01530575": 10, "n04554684": 897, "n15075141": 999}
+
+
+def test_imagenet_subset_gets_the_canonical_labels(tmp_path):
+    for synset in SUBSET:
+        write_image(str(tmp_path / synset / "a.png"), solid(ORANGE, size=(8, 8)))
+    (_, labels), = batches(create_dataset("imagenet", str(tmp_path), "val", batch_size=4, image_size=8))
+    assert labels.tolist() == sorted(SUBSET.values())
+    assert num_classes_of("imagenet", str(tmp_path)) == 1000 and count_images("imagenet", str(tmp_path)) == 3
+    names = class_names("imagenet")
+    assert len(names) == 1000 and names == sorted(names) and [names[i] for i in SUBSET.values()] == list(SUBSET)
+    assert readable_class_names(["n01440764", "n15075141", "cat"]) == [
+        "tench, Tinca tinca", "toilet tissue, toilet paper, bathroom tissue", "cat"]
+
+
+def test_given_classes_label_folders_by_name(tmp_path):
+    for name in ("c", "b"):
+        write_image(str(tmp_path / "some" / name / "x.png"), solid(ORANGE, size=(8, 8)))
+    write_image(str(tmp_path / "other" / "d" / "x.png"), solid(ORANGE, size=(8, 8)))
+    dataset = create_dataset("imagefolder", str(tmp_path / "some"), "val", batch_size=4, image_size=8,
+                             classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")
+    (_, labels), = batches(dataset)
+    assert labels.tolist() == [1, 2]
+    with pytest.raises(UserError, match=r"class folders d are not among the 3 classes of the checkpoint x.ckpt \(a, b, c\)"):
+        count_images("imagefolder", str(tmp_path / "other"), "val", ["a", "b", "c"], "the checkpoint x.ckpt")
+    with pytest.raises(UserError, match="Fashion-MNIST's classes are T-shirt/top"):
+        create_dataset("fashion_mnist", None, "val", classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])

@@ -13,11 +13,13 @@ from PIL import Image
 import predict
 from data_images import write_high_depth
 from conftest import ROOT
+from src.checkpoint import CLASS_NAMES_RECORD, model_records
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
 from src.wavemlp_20_3 import create_model
 
 IMAGES = 3
+RECORDED = [f"{name} (recorded)" for name in FASHION_MNIST_CLASSES]
 
 
 def fashion_mnist_test_images(count):
@@ -27,12 +29,12 @@ def fashion_mnist_test_images(count):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG, the first one also
+    """A seeded BiMLP_T checkpoint recording the class names RECORDED and a folder with the first test images as PNG, the first one also
     as a 16-bit PNG, plus one broken file."""
     folder = tmp_path_factory.mktemp("predict")
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
-    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
+    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint, append_dict=model_records(True, RECORDED))
     images = folder / "images"
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
@@ -89,7 +91,7 @@ def test_folder_as_json(setup, outputs):
     for prediction in result["predictions"]:
         top = prediction["top_k"]
         assert [entry["rank"] for entry in top] == [1, 2, 3, 4, 5]
-        assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+        assert all(entry["label"] == RECORDED[entry["class"]] for entry in top)
         probs = [entry["probability"] for entry in top]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-9
 
@@ -116,6 +118,15 @@ def test_synset_mapping_and_plain_names(tmp_path):
     plain = tmp_path / "names.txt"
     plain.write_text("cat\ndog\n")
     assert predict.read_class_names(str(plain), 2) == ["cat", "dog"]
+
+
+def test_names_without_a_record_are_the_variants_datasets():
+    assert predict.class_names("BiMLP_T14", 10, {}) == list(FASHION_MNIST_CLASSES)
+    imagenet = predict.class_names("BiMLP_S", 1000, {})
+    assert imagenet[0] == "tench, Tinca tinca" and imagenet[897] == "washer, automatic washer, washing machine"
+    assert predict.class_names("BiMLP_S", 3, {}) == ["class 0", "class 1", "class 2"]
+    recorded = {CLASS_NAMES_RECORD: '["n01530575", "cat"]'}
+    assert predict.class_names("BiMLP_S", 3, recorded) == ["brambling, Fringilla montifringilla", "cat", "class 2"]
 
 
 @pytest.mark.parametrize("case,message", [

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import yaml
 
+import train
 from conftest import ROOT
-from data_images import write_idx
+from data_images import noisy, write_idx, write_tree
+from src.checkpoint import model_records, recorded_class_names
 from src.config import DEFAULTS, load_config
 from src.context import UserError
-from src.dataset import FASHION_MNIST_DIR
+from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 from src.optim import decays, lr_schedule
 from src.wavemlp_20_3 import MODELS, create_model
 
@@ -245,6 +247,46 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt"),
                         "--mode", "pynative"))
     assert kd.returncode == 2 and "must be a float twin" in kd.stderr
+
+
+def image_folders(root, splits):
+    """{split: class folders} -> a train/ + val/ tree with two small images per class."""
+    files = {f"{split}/{name}/{i}.png": (noisy(i, size=(16, 16)), "RGB")
+             for split, names in splits.items() for name in names for i in range(2)}
+    return write_tree(str(root), files)
+
+
+def test_image_folders_are_labelled_by_class_name_and_checkpoints_record_the_names(tmp_path):
+    # PYNATIVE, one step of BiMLP_S at 32x32: the labels, not the training, are under test.
+    def train_on(data, out, *extra):
+        return run(train_args(data, out, "--model", "BiMLP_S", "--dataset", "imagefolder", "--image_size", "32",
+                              "--batch_size", "2", "--steps_per_epoch", "1", "--epochs", "1", "--mode", "pynative",
+                              *extra))
+
+    fewer_val = image_folders(tmp_path / "fewer_val", {"train": "abc", "val": "ac"})
+    result = train_on(fewer_val, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("best.ckpt", "last.ckpt"):
+        assert recorded_class_names(ms.load_checkpoint(str(tmp_path / "run" / name))) == ["a", "b", "c"]
+
+    more_val = image_folders(tmp_path / "more_val", {"train": "ac", "val": "abc"})
+    refused = train_on(more_val, tmp_path / "refused")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"class folders b are not among the 2 classes of {more_val}/train (a, c)" in refused.stderr
+
+    other = image_folders(tmp_path / "other", {"train": "ac", "val": "a"})
+    resumed = train_on(other, tmp_path / "resumed", "--resume", str(tmp_path / "run" / "last.ckpt"))
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "was trained on other classes (a, b, c) than" in resumed.stderr
+
+
+def test_a_teacher_of_other_classes_is_refused(tmp_path):
+    teacher = str(tmp_path / "teacher.ckpt")
+    ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
+                       append_dict=model_records(False, [f"item {i}" for i in range(10)]))
+    config = {**DEFAULTS, "model": "BiMLP_T", "dataset": "fashion_mnist", "teacher_checkpoint": teacher}
+    with pytest.raises(UserError, match="teacher.ckpt was trained on other classes"):
+        train.build_teacher(config, 10, list(FASHION_MNIST_CLASSES))
 
 
 def test_learning_curves_are_plotted_from_two_logs(tmp_path):
