@@ -17,12 +17,9 @@ from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_
 from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of,
                          short_list)
 from src.evaluation import evaluate
+from src.pretrained import DEFAULT_CHECKPOINTS
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model, models_for
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-# The committed Fashion-MNIST checkpoints: used when --checkpoint_path is not given.
-DEFAULT_CHECKPOINTS = {name: os.path.join(ROOT, "checkpoints", f"{name}_fashion_mnist.ckpt")
-                       for name in models_for("fashion_mnist")}
 DEFAULT_MODEL = "BiMLP_T14"
 # BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
 MIN_IMAGE_SIZE = 16
@@ -33,8 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_path", help="folder with one sub-folder per class (ImageNet val layout), "
                         f"or the Fashion-MNIST folder (default for fashion_mnist: {FASHION_MNIST_DIR})")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="default: CPU")
-    parser.add_argument("--checkpoint_path", help="checkpoint file (default for BiMLP_T and BiMLP_T14: "
-                        "the committed checkpoints/<variant>_fashion_mnist.ckpt)")
+    parser.add_argument("--checkpoint_path", help="checkpoint file, .ckpt or packed (default for BiMLP_T and "
+                        "BiMLP_T14: the committed checkpoints/<variant>_fashion_mnist.packed)")
     parser.add_argument("--checkpoint_nm", default=DEFAULT_MODEL, choices=sorted(MODELS),
                         help=f"network variant of the checkpoint (default: {DEFAULT_MODEL})")
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",

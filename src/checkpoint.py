@@ -5,11 +5,19 @@ import os
 import mindspore as ms
 
 from src.context import UserError
+from src.packing import is_packed, load_packed
+from src.pretrained import verify_shipped
 
 
 def read_checkpoint(path):
+    """{name: Parameter} of a packed checkpoint (known by its content, whatever its name) or a .ckpt."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    verify_shipped(path)
+    if is_packed(path):
+        return load_packed(path)
+    if not path.endswith(".ckpt"):  # MindSpore reads .ckpt files only under that suffix
+        raise UserError(f"{path} is neither a packed BiMLP checkpoint nor a MindSpore .ckpt file")
     try:
         return ms.load_checkpoint(path)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError for corrupt files

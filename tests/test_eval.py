@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import eval as eval_script
+from conftest import packed_copy
 from data_images import noisy, solid, truncate, write_idx, write_tree
 from src.checkpoint import model_records
 from src.context import UserError
@@ -99,8 +100,8 @@ def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_chec
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28))
     folder = write_idx(str(tmp_path), "test", images, FASHION_LABELS)
     write_idx(folder, "train", images[:1], [0])
-    proc = run_eval("--dataset_path", folder, "--checkpoint_path", t_checkpoint, "--checkpoint_nm", "BiMLP_T",
-                    "--batch_size", "3")
+    proc = run_eval("--dataset_path", folder, "--checkpoint_path", packed_copy(t_checkpoint, "BiMLP_T"),
+                    "--checkpoint_nm", "BiMLP_T", "--batch_size", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result, _ = parse_result(proc.stdout)
     assert result == {"acc": FASHION_ACC, "top5": FASHION_TOP5, "num_samples": 7}
@@ -112,13 +113,13 @@ def test_fashion_mnist_layout_in_graph_mode_pads_the_last_batch(tmp_path, t_chec
 def test_no_checkpoint_path_uses_the_committed_fashion_mnist_checkpoint(argv, model):
     args = eval_script.resolve(eval_script.parse_args(argv))
     assert (args.checkpoint_path, args.checkpoint_nm, args.dataset, args.dataset_path) == \
-        (os.path.join(ROOT, "checkpoints", f"{model}_fashion_mnist.ckpt"), model, "fashion_mnist", FASHION_MNIST_DIR)
+        (os.path.join(ROOT, "checkpoints", f"{model}_fashion_mnist.packed"), model, "fashion_mnist", FASHION_MNIST_DIR)
     assert (args.image_size, args.num_classes, args.batch_size, args.platform, args.mode) == \
         (28, 10, 64, "CPU", "graph")
 
 
 def test_no_arguments_without_the_committed_checkpoint_say_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(eval_script.DEFAULT_CHECKPOINTS, "BiMLP_T14", str(tmp_path / "BiMLP_T14_fashion_mnist.ckpt"))
+    monkeypatch.setitem(eval_script.DEFAULT_CHECKPOINTS, "BiMLP_T14", str(tmp_path / "BiMLP_T14_fashion_mnist.packed"))
     with pytest.raises(UserError, match="default Fashion-MNIST checkpoint .* does not exist yet"):
         eval_script.resolve(eval_script.parse_args([]))
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import predict
 from data_images import write_high_depth
-from conftest import ROOT
+from conftest import ROOT, packed_copy
 from src.checkpoint import CLASS_NAMES_RECORD, model_records
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
@@ -51,12 +51,14 @@ def predict_command(*args):
 
 @pytest.fixture(scope="module")
 def outputs(setup, tmp_path_factory):
-    """stdout of predict.py on the folder with --json, and on one image with a class-name file (run in parallel)."""
+    """stdout of predict.py on the folder with --json (from the packed checkpoint), and on one image with a
+    class-name file (run in parallel)."""
     checkpoint, folder = setup
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
     common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
-    commands = {"json": predict_command("--image", folder, "--json", *common),
+    commands = {"json": predict_command("--image", folder, "--json", "--checkpoint_path",
+                                        packed_copy(checkpoint, "BiMLP_T"), "--checkpoint_nm", "BiMLP_T"),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
                                           "--top_k", "3", *common)}
     runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

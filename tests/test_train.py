@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import train
-from conftest import ROOT
+from conftest import ROOT, packed_copy
 from data_images import noisy, write_idx, write_tree
 from src.checkpoint import model_records, recorded_class_names
 from src.config import DEFAULTS, load_config
@@ -211,11 +211,12 @@ def test_msrun_two_cpu_workers_read_different_shards_and_stay_in_sync(small_fash
     assert os.path.isfile(tmp_path / "out" / "last.ckpt")
 
 
-def test_distillation_from_a_float_teacher_trains(small_fashion, tmp_path):
-    teacher = create_model("BiMLP_T", binary=False)
-    ms.save_checkpoint(teacher, str(tmp_path / "teacher.ckpt"))
+def test_distillation_from_a_packed_float_teacher_trains(small_fashion, tmp_path):
+    teacher = str(tmp_path / "teacher.ckpt")
+    ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
+                       append_dict=model_records(False, FASHION_MNIST_CLASSES))
     result = run(train_args(small_fashion, tmp_path / "kd", "--epochs", "1", "--steps_per_epoch", "3",
-                            "--teacher_checkpoint", str(tmp_path / "teacher.ckpt"), "--distill_alpha", "0.5"))
+                            "--teacher_checkpoint", packed_copy(teacher, "BiMLP_T"), "--distill_alpha", "0.5"))
     assert result.returncode == 0, result.stderr[-3000:]
     names = set(ms.load_checkpoint(str(tmp_path / "kd" / "best.ckpt")))
     assert "head.weight" in names and not any(name.startswith(("teacher.", "net.")) for name in names)
@@ -284,8 +285,9 @@ def test_a_teacher_of_other_classes_is_refused(tmp_path):
     teacher = str(tmp_path / "teacher.ckpt")
     ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
                        append_dict=model_records(False, [f"item {i}" for i in range(10)]))
-    config = {**DEFAULTS, "model": "BiMLP_T", "dataset": "fashion_mnist", "teacher_checkpoint": teacher}
-    with pytest.raises(UserError, match="teacher.ckpt was trained on other classes"):
+    config = {**DEFAULTS, "model": "BiMLP_T", "dataset": "fashion_mnist",
+              "teacher_checkpoint": packed_copy(teacher, "BiMLP_T")}
+    with pytest.raises(UserError, match="teacher.packed was trained on other classes"):
         train.build_teacher(config, 10, list(FASHION_MNIST_CLASSES))
 
 
