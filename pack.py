@@ -14,7 +14,8 @@ import os
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import BINARY_MARKER, CLASS_NAMES_RECORD, check_binary, check_compatible, read_checkpoint, save_atomic
+from src.checkpoint import (BINARY_MARKER, CLASS_NAMES_RECORD, check_binary, check_compatible, read_checkpoint,
+                            save_atomic)
 from src.config import parse_bool
 from src.context import UserError, run_cli, setup_device
 from src.packing import SIGNS, pack_params, packable_layers, read_packed, save_packed, unpack_params

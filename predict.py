@@ -22,7 +22,8 @@ import numpy as np
 
 from src.checkpoint import load_weights, recorded_class_names
 from src.context import UserError, default_device_id, run_cli, setup_device
-from src.dataset import IMAGE_EXTENSIONS, class_names as dataset_class_names, preprocess_image_file, readable_class_names
+from src.dataset import IMAGE_EXTENSIONS, preprocess_image_file, readable_class_names
+from src.dataset import class_names as dataset_class_names
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8

@@ -107,7 +107,7 @@ def train_data(config, epoch, rank, world, classes):
 
 
 def training_classes(config):
-    """Label -> class name of the training set; validation folders must be among them (matched by name)."""
+    """Label -> class name: the class folders of train/ (imagefolder), or the dataset's fixed classes."""
     classes = class_names(config["dataset"], split_path(config, "train"))
     if config["num_classes"] and config["num_classes"] < len(classes):
         raise UserError(f"num_classes {config['num_classes']} is fewer than the {len(classes)} classes of "
@@ -252,7 +252,9 @@ def main(argv=None):
     ms.set_seed(config["seed"])
     classes = training_classes(config)
     num_classes = config["num_classes"] or len(classes)
-    val_images = count_images(config["dataset"], split_path(config, "val"), "val", classes, split_path(config, "train"))
+    # Validation folders are labelled by the training set's class names, so they must be among them.
+    val_images = count_images(config["dataset"], split_path(config, "val"), "val", classes,
+                              split_path(config, "train"))
     config["num_classes"] = num_classes
     out = config["output_dir"]
     resume = resume_path(config)
@@ -292,8 +294,9 @@ def main(argv=None):
         if teacher is not None:
             teacher.set_train(False)
         try:
-            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world, classes), epoch, config,
-                                              schedule, rank, run_start, digest_images=world > 1)
+            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world, classes),
+                                                      epoch, config, schedule, rank, run_start,
+                                                      digest_images=world > 1)
         except TrainingDiverged as err:
             kept = last_path if os.path.isfile(last_path) else "none yet"
             raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "

@@ -311,7 +311,7 @@ def _check_fashion_mnist_classes(classes, classes_from):
 
 
 def short_list(names, limit=6):
-    """"a, b, c" or the first few names and the count."""
+    """The names joined by commas; past `limit` of them, the first few and the count."""
     names = list(names)
     return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 

@@ -198,7 +198,7 @@ def test_given_classes_label_folders_by_name(tmp_path):
                              classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")
     (_, labels), = batches(dataset)
     assert labels.tolist() == [1, 2]
-    with pytest.raises(UserError, match=r"class folders d are not among the 3 classes of the checkpoint x.ckpt \(a, b, c\)"):
+    with pytest.raises(UserError, match=r"folders d are not among the 3 classes of the checkpoint x.ckpt \(a, b, c\)"):
         count_images("imagefolder", str(tmp_path / "other"), "val", ["a", "b", "c"], "the checkpoint x.ckpt")
     with pytest.raises(UserError, match="Fashion-MNIST's classes are T-shirt/top"):
         create_dataset("fashion_mnist", None, "val", classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")

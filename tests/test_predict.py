@@ -29,8 +29,8 @@ def fashion_mnist_test_images(count):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint recording the class names RECORDED and a folder with the first test images as PNG, the first one also
-    as a 16-bit PNG, plus one broken file."""
+    """A seeded BiMLP_T checkpoint recording the class names RECORDED, and a folder with the first test
+    images as PNG, the first one also as a 16-bit PNG, plus one broken file."""
     folder = tmp_path_factory.mktemp("predict")
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
