@@ -6,15 +6,17 @@ machine's conditions; compare within a run, and look at the load in the header.
 
     python benchmark.py                       # everything (~1 hour on 2 cores)
     python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T/T14 training, data
-    python benchmark.py --only eval --models BiMLP_S --batches 1,8 --paths fast,upstream
+    python benchmark.py --only eval --model BiMLP_S --batches 1,8 --paths fast,upstream
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
 Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
-MindSpore operators alone (fast=True, fused=False), "fused" the default network
-(fast=True plus the fused CPU kernels of src/fused_cpu.cc, eval only), "float" the
-float twin (binary=False, fast=True). All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
-environment sets it (see src/context.py).
+MindSpore operators alone (fast=True, fused=False), "fused" the network as eval.py and
+train.py run it on CPU (the fused kernels of src/fused_cpu.cc in eval, of src/fused_train.cc
+in training), "float" the float twin (binary=False, fast=True) and "float_fused" the float
+twin with the training kernels. Eval speeds are compared with upstream, train speeds with the
+same network on MindSpore's operators. All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2
+unless the environment sets it (see src/context.py).
 """
 import argparse
 import datetime
@@ -32,9 +34,11 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
-    "fused": {"binary": True, "fast": True, "fused": True},
+    "fused": {"binary": True, "fast": True, "fused": True, "fused_training": True},
     "float": {"binary": False, "fast": True},
+    "float_fused": {"binary": False, "fast": True, "fused_training": True},
 }
+TRAIN_PATHS = ("upstream", "fast", "fused", "float", "float_fused")
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
@@ -42,18 +46,19 @@ BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
+# The variants each part measures unless --model names others: (eval, train).
+DEFAULT_MODELS = ("BiMLP_S,BiMLP_M", "BiMLP_T,BiMLP_T14,BiMLP_S")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="eval,train,data",
                         help="comma-separated parts to run: eval, train, data (default: all)")
-    parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
+    parser.add_argument("--model", help="comma-separated variants for every part (default: BiMLP_S,BiMLP_M "
+                        "for eval; BiMLP_T,BiMLP_T14,BiMLP_S for train, only the 28x28 ones with --quick)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
     parser.add_argument("--paths", default="upstream,fast,fused,float",
                         help="eval paths (default: upstream,fast,fused,float)")
-    parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
-                        help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
@@ -66,9 +71,17 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    eval_models, train_models = DEFAULT_MODELS
     if args.quick:
-        args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
-        args.train_models = ",".join(m for m in args.train_models.split(",") if is_small(m))
+        eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
+        train_models = ",".join(m for m in train_models.split(",") if is_small(m))
+    args.eval_models = (args.model or eval_models).split(",")
+    args.train_models = (args.model or train_models).split(",")
+    from src.wavemlp_20_3 import MODELS
+
+    unknown = sorted(set(args.eval_models + args.train_models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     return args
 
 
@@ -83,14 +96,15 @@ def configs(args):
     parts = args.only.split(",")
     out = []
     if "eval" in parts:
-        for model in args.models.split(","):
+        for model in args.eval_models:
             for batch in [int(b) for b in args.batches.split(",")]:
                 for path in args.paths.split(","):
-                    out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
+                    out.append({"kind": "eval", "model": model, "batch": batch,
+                                "size": 28 if is_small(model) else 224, "path": path})
     if "train" in parts:
-        for model in args.train_models.split(","):
+        for model in args.train_models:
             small = is_small(model)
-            for path in ("upstream", "fast", "float"):
+            for path in TRAIN_PATHS:
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
                             "size": 28 if small else 224, "path": path})
     if "data" in parts:
@@ -127,16 +141,18 @@ def peak_rss_gb():
 
 def timed(step, min_seconds, warmup=1):
     """Seconds per call of step(): `warmup` untimed calls (the first compiles), then >= 1 call and
-    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls)."""
+    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls, CPU
+    seconds per call). The CPU seconds (all threads) hardly depend on what else runs on the
+    machine, so they compare paths even on a busy one; the wall seconds need it alone."""
     start = time.perf_counter()
     for _ in range(warmup):
         step()
     compile_s = time.perf_counter() - start
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while calls == 0 or time.perf_counter() - start < min_seconds:
         step()
         calls += 1
-    return (time.perf_counter() - start) / calls, compile_s, calls
+    return (time.perf_counter() - start) / calls, compile_s, calls, (time.process_time() - cpu_start) / calls
 
 
 def build(cfg):
@@ -151,10 +167,11 @@ def run_eval(cfg):
 
     net = build(cfg)
     net.set_train(False)
-    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]))
+    channels = net.patch_embed.proj.weight.shape[1]
+    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"]))
                   .astype(np.float32))
-    step_s, compile_s, calls = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def run_train(cfg):
@@ -172,8 +189,8 @@ def run_train(cfg):
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"])).astype(np.float32))
     y = ms.Tensor(rng.randint(0, classes, cfg["batch"]).astype(np.int32))
-    step_s, compile_s, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def write_jpegs(folder, count):
@@ -246,14 +263,23 @@ def machine():
     return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "mindspore": ms.__version__,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "AVX2 (set by src/context.py)"),
+            "train_kernel_threads": int(os.environ.get("BIMLP_TRAIN_THREADS", "2")),
             "load_start": os.getloadavg()[0]}
 
 
+def baseline(row):
+    """What a row's speed is compared with: eval, the upstream-style network; training, the same
+    network on MindSpore's own operators (fast, or float for the float twin)."""
+    if row["kind"] == "eval":
+        return "upstream"
+    return "float" if row["path"].startswith("float") else "fast"
+
+
 def speedup(row, rows):
-    """This row's img/s over the upstream path's for the same model, batch and kind."""
+    """This row's img/s over its baseline's for the same model, batch and kind."""
     for other in rows:
         if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
-                (row["kind"], row.get("model"), row["batch"], "upstream") and "img_s" in other:
+                (row["kind"], row.get("model"), row["batch"], baseline(row)) and "img_s" in other:
             return row["img_s"] / other["img_s"]
     return None
 
@@ -265,22 +291,25 @@ def fmt(value, spec):
 def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
+             f"training kernels on {meta.get('train_kernel_threads', 2)} thread(s), "
              f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
-    for kind, title in (("eval", "Eval forward, random 224x224 inputs"),
+    for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
         chosen = [r for r in rows if r["kind"] == kind]
         if not chosen:
             continue
         lines += [f"**{title}**", "",
-                  "| model | input | batch | path | img/s | x upstream | peak RSS GB | GB/img | compile s | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
+                  "| CPU s/step | peak RSS GB | GB/img | compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
-                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {r['peak_rss_gb']:.2f} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
+                   f"{r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
-                   else f"{r['error']} | | | | | |"))
+                   else f"{r['error']} | | | | | | |"))
         lines.append("")
     for r in rows:
         if r["kind"] == "data":

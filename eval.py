@@ -1,8 +1,8 @@
 """Evaluate a BiMLP checkpoint: top-1 / top-5 accuracy on ImageNet val, an ImageNet-layout folder or Fashion-MNIST.
 
-    python eval.py --dataset_path /data/imagenet/val --checkpoint_path BiMLP_M.ckpt --checkpoint_nm BiMLP_M
+    python eval.py --dataset_path /data/imagenet/val --checkpoint_path BiMLP_M.ckpt --model BiMLP_M
     python eval.py        # the committed BiMLP_T14 checkpoint on the Fashion-MNIST test set
-    python eval.py --checkpoint_nm BiMLP_T    # the committed BiMLP_T checkpoint
+    python eval.py --model BiMLP_T    # the committed BiMLP_T checkpoint
 
 Ends with the upstream-style line
     result: {'acc': <top-1>, 'top5': <top-5>, 'num_samples': <images>} ckpt= <path>
@@ -13,14 +13,13 @@ import sys
 
 from src.checkpoint import load_weights, read_checkpoint, recorded_class_names
 from src.config import parse_bool
-from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_device
+from src.context import PLATFORMS, UserError, add_model_argument, default_device_id, run_cli, setup_device
 from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of,
                          short_list)
 from src.evaluation import evaluate
-from src.pretrained import DEFAULT_CHECKPOINTS
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model, models_for
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
+from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model, models_for
 
-DEFAULT_MODEL = "BiMLP_T14"
 # BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
 MIN_IMAGE_SIZE = 16
 
@@ -31,9 +30,8 @@ def parse_args(argv=None):
                         f"or the Fashion-MNIST folder (default for fashion_mnist: {FASHION_MNIST_DIR})")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="default: CPU")
     parser.add_argument("--checkpoint_path", help="checkpoint file, .ckpt or packed (default for BiMLP_T and "
-                        "BiMLP_T14: the committed checkpoints/<variant>_fashion_mnist.packed)")
-    parser.add_argument("--checkpoint_nm", default=DEFAULT_MODEL, choices=sorted(MODELS),
-                        help=f"network variant of the checkpoint (default: {DEFAULT_MODEL})")
+                        "BiMLP_T14: the variant's committed checkpoints/<variant>_fashion_mnist.packed)")
+    add_model_argument(parser, SHIPPED_DEFAULT_MODEL)
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false evaluates a float-twin checkpoint (train.py --binary false); "
                         "both have the same parameter names, so this cannot be told from the file (default: true)")
@@ -54,15 +52,9 @@ def parse_args(argv=None):
 
 def resolve(args):
     """Fill in the defaults that depend on other flags; reject bad values before any heavy work."""
-    args.dataset = args.dataset or DATASET_OF_MODEL[args.checkpoint_nm]
+    args.dataset = args.dataset or DATASET_OF_MODEL[args.model]
     if args.checkpoint_path is None:
-        default = DEFAULT_CHECKPOINTS.get(args.checkpoint_nm)
-        if default is None:
-            raise UserError(f"--checkpoint_path is required for {args.checkpoint_nm}")
-        if not os.path.isfile(default):
-            raise UserError(f"the default Fashion-MNIST checkpoint {default} does not exist yet: "
-                            f"train one with train.py, or pass --checkpoint_path")
-        args.checkpoint_path = default
+        args.checkpoint_path = shipped_checkpoint(args.model)
     if not os.path.isfile(args.checkpoint_path):
         raise UserError(f"checkpoint not found: {args.checkpoint_path}")
     if args.dataset_path is None:
@@ -98,14 +90,14 @@ def resolve(args):
 
 def build_network(args):
     try:
-        net = create_model(args.checkpoint_nm, num_classes=args.num_classes, binary=args.binary, fused=args.fused)
+        net = create_model(args.model, num_classes=args.num_classes, binary=args.binary, fused=args.fused)
     except ValueError as err:  # --fused true without a C++ compiler
         raise UserError(str(err)) from None
-    load_weights(net, args.checkpoint_path, args.checkpoint_nm)
+    load_weights(net, args.checkpoint_path, args.model)
     model_channels = net.patch_embed.proj.weight.shape[1]
     data_channels = 1 if args.dataset == "fashion_mnist" else 3
     if model_channels != data_channels:
-        raise UserError(f"{args.checkpoint_nm} takes {model_channels}-channel images but {args.dataset} gives "
+        raise UserError(f"{args.model} takes {model_channels}-channel images but {args.dataset} gives "
                         f"{data_channels}-channel ones: use {'/'.join(models_for('fashion_mnist'))} with fashion_mnist, "
                         f"{'/'.join(models_for('imagenet'))} with imagenet or imagefolder")
     net.set_train(False)
@@ -115,7 +107,7 @@ def build_network(args):
 def main(argv=None):
     args = resolve(parse_args(argv))
     num_images = count_images(args.dataset, args.dataset_path, "val", args.class_names, args.classes_from)
-    print(f"evaluating {args.checkpoint_nm} checkpoint {args.checkpoint_path}", flush=True)
+    print(f"evaluating {args.model} checkpoint {args.checkpoint_path}", flush=True)
     print(f"  data: {args.dataset} at {args.dataset_path}, {num_images} images, "
           f"image size {args.image_size}, batch size {args.batch_size}", flush=True)
     print(f"  model: {args.num_classes} classes, {args.platform} device {args.device_id}, {args.mode} mode",

@@ -1,9 +1,9 @@
 """Pack a BiMLP checkpoint into sign bits + scales, or unpack it back to a .ckpt.
 
-    python pack.py --checkpoint_path bimlp_s.ckpt --checkpoint_nm BiMLP_S --output bimlp_s.packed
+    python pack.py --checkpoint_path bimlp_s.ckpt --model BiMLP_S --output bimlp_s.packed
     python pack.py --unpack --checkpoint_path bimlp_s.packed --output bimlp_s_unpacked.ckpt
     # Replace a committed checkpoint (checkpoints/<variant>_fashion_mnist[_float].packed) and its SHA-256:
-    python pack.py --checkpoint_path output/bimlp_t14_fashion_mnist/best.ckpt --checkpoint_nm BiMLP_T14 --ship
+    python pack.py --checkpoint_path output/bimlp_t14_fashion_mnist/best.ckpt --model BiMLP_T14 --ship
 
 eval.py, predict.py, export.py and train.py --teacher_checkpoint read packed files as they are.
 A binary network unpacks to bit-identical eval logits; see src/packing.py for the format.
@@ -17,10 +17,10 @@ import numpy as np
 from src.checkpoint import (BINARY_MARKER, CLASS_NAMES_RECORD, check_binary, check_compatible, read_checkpoint,
                             save_atomic)
 from src.config import parse_bool
-from src.context import UserError, run_cli, setup_device
+from src.context import UserError, add_model_argument, run_cli, setup_device
 from src.packing import SIGNS, pack_params, packable_layers, read_packed, save_packed, unpack_params
 from src.pretrained import SHIPPED_DATASET, record_sha256, shipped_name, shipped_path
-from src.wavemlp_20_3 import MODELS, create_model, models_for
+from src.wavemlp_20_3 import create_model, models_for
 
 # The records a packed file keeps beside the weights (optimizer state and counters are dropped).
 KEPT_RECORDS = (BINARY_MARKER, CLASS_NAMES_RECORD)
@@ -29,8 +29,7 @@ KEPT_RECORDS = (BINARY_MARKER, CLASS_NAMES_RECORD)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint to pack, or packed file to unpack")
-    parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS),
-                        help="variant of the checkpoint (packing only; the packed file records it)")
+    add_model_argument(parser, "BiMLP_S")
     parser.add_argument("--output", help="output .packed file (pack) or .ckpt (unpack)")
     parser.add_argument("--ship", action="store_true",
                         help=f"write checkpoints/{shipped_name('<variant>')} (or _float.packed for a float twin) "
@@ -52,9 +51,9 @@ def check_args(args):
     suffix = ".ckpt" if args.unpack else ".packed"
     if args.output and not args.output.endswith(suffix):
         raise UserError(f"--output must end in {suffix}, got {args.output}")
-    if args.ship and args.checkpoint_nm not in models_for(SHIPPED_DATASET):
+    if args.ship and args.model not in models_for(SHIPPED_DATASET):
         raise UserError(f"only {'/'.join(models_for(SHIPPED_DATASET))} checkpoints are committed, "
-                        f"not {args.checkpoint_nm}: use --output")
+                        f"not {args.model}: use --output")
 
 
 def network_weights(path, model_name, binary):
@@ -75,10 +74,10 @@ def network_weights(path, model_name, binary):
 
 
 def pack(args):
-    params, records, net = network_weights(args.checkpoint_path, args.checkpoint_nm, args.binary)
-    output = args.output or shipped_path(args.checkpoint_nm, net.binary)
+    params, records, net = network_weights(args.checkpoint_path, args.model, args.binary)
+    output = args.output or shipped_path(args.model, net.binary)
     start_device()
-    packed, kept_float = pack_params(params, packable_layers(net), args.checkpoint_nm, records,
+    packed, kept_float = pack_params(params, packable_layers(net), args.model, records,
                                      np.float16 if args.float16 else np.float32)
     digest = save_packed(packed, output)
     bits = sum(key.endswith(SIGNS) for key in packed["tensors"])
@@ -90,7 +89,7 @@ def pack(args):
     print(f"SHA-256 {digest}  {output}")
     if args.ship:
         record_sha256(os.path.basename(output), digest)
-        print(f"recorded it in src/pretrained.py (SHIPPED_SHA256); commit both files")
+        print("recorded it in src/pretrained.py (SHIPPED_SHA256); commit both files")
 
 
 def unpack(args):

@@ -1,8 +1,9 @@
 """Classify one image, or every image in a folder, with a trained BiMLP.
 
-    python predict.py --image photo.jpg --checkpoint_path bimlp_s.ckpt --checkpoint_nm BiMLP_S \
+    python predict.py --image shirt.png          # the committed BiMLP_T14 checkpoint
+    python predict.py --image shirts/ --model BiMLP_T --json
+    python predict.py --image photo.jpg --checkpoint_path bimlp_s.ckpt --model BiMLP_S \
         --class_names /data/imagenet/LOC_synset_mapping.txt
-    python predict.py --image shirts/ --checkpoint_path bimlp_t.ckpt --checkpoint_nm BiMLP_T --json
 
 Images get the evaluation preprocessing of src/dataset.py (ImageNet: resize the
 shorter side to image_size / 0.875, center crop, normalize; BiMLP_T/T14: grayscale
@@ -21,10 +22,12 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, recorded_class_names
-from src.context import UserError, default_device_id, run_cli, setup_device
+from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
 from src.dataset import IMAGE_EXTENSIONS, preprocess_image_file, readable_class_names
 from src.dataset import class_names as dataset_class_names
-from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
+from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model
+
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8
 SYNSET_LINE = re.compile(r"^n\d{8}\s+(.+)$")
@@ -33,8 +36,9 @@ SYNSET_LINE = re.compile(r"^n\d{8}\s+(.+)$")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", required=True, help="an image file, or a folder of images")
-    parser.add_argument("--checkpoint_path", required=True)
-    parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS), help="model variant")
+    parser.add_argument("--checkpoint_path", help="checkpoint file, .ckpt or packed (default for BiMLP_T and "
+                        "BiMLP_T14: the variant's committed checkpoints/<variant>_fashion_mnist.packed)")
+    add_model_argument(parser, SHIPPED_DEFAULT_MODEL)
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
     parser.add_argument("--image_size", type=int, default=None,
                         help="input height = width (default 224; 28 for BiMLP_T)")
@@ -136,20 +140,21 @@ def main(argv=None):
         raise UserError(f"--top_k must be at least 1, got {args.top_k}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
-    dataset = DATASET_OF_MODEL[args.checkpoint_nm]
+    checkpoint_path = args.checkpoint_path or shipped_checkpoint(args.model)
+    dataset = DATASET_OF_MODEL[args.model]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
-    net = create_model(args.checkpoint_nm, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
+    net = create_model(args.model, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
     names = read_class_names(args.class_names, net.num_classes) if args.class_names else None
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)
-    checkpoint = load_weights(net, args.checkpoint_path, args.checkpoint_nm)
-    names = names or class_names(args.checkpoint_nm, net.num_classes, checkpoint)
+    checkpoint = load_weights(net, checkpoint_path, args.model)
+    names = names or class_names(args.model, net.num_classes, checkpoint)
     net.set_train(False)
     probs = probabilities(net, images)
     predictions = [{"image": file, "top_k": top_k(p, names, min(args.top_k, net.num_classes))}
                    for file, p in zip(readable, probs)]
     if args.json:
-        print(json.dumps({"model": args.checkpoint_nm, "predictions": predictions,
+        print(json.dumps({"model": args.model, "checkpoint": checkpoint_path, "predictions": predictions,
                           "skipped": [{"image": file, "error": error} for file, error in errors]}, indent=2))
     else:
         print_readable(predictions, errors)

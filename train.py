@@ -24,7 +24,7 @@ from mindspore import nn, ops
 from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_class_names,
                             save_atomic)
 from src.config import add_arguments, load_config, save_config
-from src.context import UserError, run_cli, setup_device
+from src.context import UserError, default_device_id, run_cli, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
 from src.evaluation import evaluate, format_duration
 from src.optim import create_optimizer, lr_schedule
@@ -121,6 +121,18 @@ def check_classes(saved, classes, path, config):
     if recorded is not None and recorded != list(classes):
         raise UserError(f"{path} was trained on other classes ({short_list(recorded)}) than "
                         f"{split_path(config, 'train')} holds ({short_list(classes)})")
+
+
+def use_training_kernels(config):
+    """--fused: the fused training kernels on CPU by default when they build; true insists."""
+    from src import fused
+
+    if config["fused"] is None:
+        return config["platform"] == "CPU" and fused.available()
+    if config["fused"] and not (config["platform"] == "CPU" and fused.available()):
+        raise UserError("--fused true needs --platform CPU and a working C++ compiler (g++); "
+                        "use --fused false for MindSpore's operators")
+    return config["fused"]
 
 
 def build_teacher(config, num_classes, classes):
@@ -247,7 +259,9 @@ def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start, di
 
 def main(argv=None):
     config = parse_config(argv)
-    setup_device(config["platform"], config["device_id"], config["mode"])
+    # Under msrun every worker has its own device: DEVICE_ID, its rank on this node. --device_id is for one.
+    device_id = default_device_id() if config["distribute"] else config["device_id"]
+    setup_device(config["platform"], device_id, config["mode"])
     rank, world = init_distributed(config)
     ms.set_seed(config["seed"])
     classes = training_classes(config)
@@ -262,9 +276,9 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         save_config(config, os.path.join(out, "config.yaml"))
 
-    # fused=None: the per-epoch validation runs the fused CPU kernels when it can (eval mode only).
+    # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
-                       binary=config["binary"], fused=None)
+                       binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
     steps_per_epoch = train_data(config, 1, rank, world, classes).get_dataset_size()
     schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
                            config["epochs"], steps_per_epoch)
@@ -285,7 +299,8 @@ def main(argv=None):
     if rank == 0:
         print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
-              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}",
+              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}, "
+              f"{'fused CPU training kernels' if net.fused_training else 'MindSpore operators'}",
               flush=True)
     run_start = time.time()
     last_path = os.path.join(out, "last.ckpt")

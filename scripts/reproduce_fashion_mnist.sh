@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Fashion-MNIST results, end to end, for one variant: train its float twin and its
+# The Fashion-MNIST results of docs/fashion-mnist.md, end to end, for one variant: train its float twin and its
 # binary net, keep their logs and settings in results/, pack both into checkpoints/ with their SHA-256
 # recorded in src/pretrained.py (pack.py --ship; eval.py's defaults), evaluate them and redraw the
 # learning curves. Prints each run's wall-clock time.
@@ -24,7 +24,7 @@ train() {  # train KIND CONFIG OUTPUT_DIR
     echo "== $model $kind: wall-clock $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s, launch to finish"
     cp "$out/log.csv" "results/${model}_fashion_mnist_${kind}_log.csv"
     cp "$out/config.yaml" "results/${model}_fashion_mnist_${kind}_config.yaml"
-    "$PYTHON" pack.py --checkpoint_path "$out/best.ckpt" --checkpoint_nm "$model" --ship
+    "$PYTHON" pack.py --checkpoint_path "$out/best.ckpt" --model "$model" --ship
 }
 
 mkdir -p results
@@ -34,8 +34,8 @@ fi
 if [ "$what" != float ]; then
     train binary "configs/${stem}.yaml" "output/${stem}"
 fi
-"$PYTHON" eval.py --checkpoint_nm "$model"
-"$PYTHON" eval.py --checkpoint_nm "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.packed" --binary false
+"$PYTHON" eval.py --model "$model"
+"$PYTHON" eval.py --model "$model" --checkpoint_path "checkpoints/${model}_fashion_mnist_float.packed" --binary false
 "$PYTHON" scripts/plot_log.py "results/${model}_fashion_mnist_binary_log.csv:binary" \
     "results/${model}_fashion_mnist_float_log.csv:float" --title "$model on Fashion-MNIST" \
     --output "fig/${model}_fashion_mnist_curve.png"

@@ -49,7 +49,7 @@ def check_compatible(net, params, model_name, path):
             f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
     hint = guess_variant(weights, exclude=model_name)
     if hint:
-        lines.append(f"  this checkpoint looks like {hint}: try --checkpoint_nm {hint}")
+        lines.append(f"  this checkpoint looks like {hint}: try --model {hint}")
     if "head.weight" in shapes:
         lines.append(f"  the checkpoint has {weights['head.weight'][0]} classes: "
                      f"try --num_classes {weights['head.weight'][0]}")

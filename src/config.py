@@ -42,6 +42,7 @@ DEFAULTS = {
     "device_id": 0,
     "distribute": False,
     "mode": "graph",
+    "fused": None,                # fused CPU training kernels; None: on CPU whenever a C++ compiler works
     "seed": 1,
     "log_every": 50,              # steps between progress lines
 }
@@ -100,7 +101,7 @@ def add_arguments(parser):
     typed = {"num_classes": int, "image_size": int, "dataset_path": str, "teacher_checkpoint": str,
              "resume": str}
     for key, default in DEFAULTS.items():
-        if isinstance(default, bool):
+        if isinstance(default, bool) or key == "fused":
             parser.add_argument(f"--{key}", type=parse_bool, metavar="{true,false}")
         else:
             kind = typed.get(key) or type(default)

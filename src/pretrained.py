@@ -1,4 +1,4 @@
-"""The checkpoints committed in checkpoints/: eval.py's defaults, and the SHA-256 each must have.
+"""The checkpoints committed in checkpoints/: eval.py's and predict.py's defaults, and the SHA-256 each must have.
 
 They are packed files (src/packing.py). `python pack.py --ship ...` writes one and records
 its SHA-256 in SHIPPED_SHA256 below; loading a committed file whose digest differs is an error.
@@ -33,8 +33,19 @@ def shipped_path(model_name, binary=True):
     return os.path.join(CHECKPOINT_DIR, shipped_name(model_name, binary))
 
 
-# eval.py's checkpoint when --checkpoint_path is not given: the committed binary net.
-DEFAULT_CHECKPOINTS = {name: shipped_path(name) for name in models_for(SHIPPED_DATASET)}
+# The variant eval.py and predict.py take when --model is not given.
+SHIPPED_DEFAULT_MODEL = "BiMLP_T14"
+
+
+def shipped_checkpoint(model_name):
+    """The committed binary checkpoint of `model_name`: what eval.py and predict.py load without --checkpoint_path."""
+    if model_name not in models_for(SHIPPED_DATASET):
+        raise UserError(f"--checkpoint_path is required for {model_name}: no checkpoint of it ships with the package")
+    path = shipped_path(model_name)
+    if not os.path.isfile(path):
+        raise UserError(f"the default Fashion-MNIST checkpoint {path} does not exist yet: "
+                        f"train one with train.py, or pass --checkpoint_path")
+    return path
 
 
 def file_sha256(path):

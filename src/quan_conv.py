@@ -198,9 +198,15 @@ class QuanConv(nn.Cell):
                                    pad_mode="pad", pad=self.padding, stride=stride, group=group)
         self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
         self.xnor_weight = quan_name_w == "xnor" and nbit_w == 1
+        # The fused kernels' 1-bit quantizer: rint(clip(x, -1, 1)) with the |x| <= 1 STE.
+        self.binary_input = quan_name_a in ("xnor", "dorefa") and nbit_a == 1
 
     def construct(self, x):
-        return self.conv(self.quantize_input(x), self.quantize_weight(self.weight))
+        return self.convolve(self.quantize_input(x))
+
+    def convolve(self, xq):
+        """The convolution of an input already quantized, with the quantized weights."""
+        return self.conv(xq, self.quantize_weight(self.weight))
 
     def fused_weight(self, kernels):
         """The quantized weights, computed with the fused kernels of src/fused.py."""

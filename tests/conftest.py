@@ -32,7 +32,7 @@ def packed_copy(checkpoint, model):
 
     packed = os.path.splitext(checkpoint)[0] + ".packed"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "pack.py"), "--checkpoint_path", checkpoint,
-                           "--checkpoint_nm", model, "--output", packed], capture_output=True, text=True,
+                           "--model", model, "--output", packed], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return packed

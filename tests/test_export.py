@@ -23,7 +23,7 @@ def images():
 
 def export_command(checkpoint, file_format, file_name):
     return [sys.executable, os.path.join(ROOT, "export.py"), "--checkpoint_path", checkpoint,
-            "--checkpoint_nm", "BiMLP_T", "--file_format", file_format, "--batch_size", str(BATCH),
+            "--model", "BiMLP_T", "--file_format", file_format, "--batch_size", str(BATCH),
             "--file_name", file_name]
 
 

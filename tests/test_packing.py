@@ -16,7 +16,7 @@ from src.checkpoint import BINARY_MARKER, load_weights, model_records, read_chec
 from src.context import UserError, run_cli
 from src.packing import SCALE, SHAPE, SIGNS, pack_params, packable_layers, read_packed, save_packed, unpack_params
 from src.summary import layer_counts, total
-from src.wavemlp_20_3 import create_model
+from src.wavemlp_20_3 import create_model, models_for
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +100,8 @@ def test_cli_round_trip_gives_identical_logits_and_keeps_the_records(tmp_path):
     ckpt, packed, unpacked = tmp_path / "t.ckpt", tmp_path / "t.packed", tmp_path / "t_unpacked.ckpt"
     names = [f"class {i}" for i in range(10)]
     ms.save_checkpoint(net, str(ckpt), append_dict=model_records(True, names))
-    assert "packed 48 binary layers' weights" in run_pack("--checkpoint_path", str(ckpt), "--checkpoint_nm", "BiMLP_T",
-                                                 "--output", str(packed))
+    assert "packed 48 binary layers' weights" in run_pack("--checkpoint_path", str(ckpt), "--model", "BiMLP_T",
+                                                          "--output", str(packed))
     run_pack("--unpack", "--checkpoint_path", str(packed), "--output", str(unpacked))
     assert read_packed(str(packed))["model"] == "BiMLP_T"
     assert packed.stat().st_size * 6 < ckpt.stat().st_size
@@ -127,7 +127,7 @@ def test_a_float_twin_is_stored_float_as_is_or_as_float16(tmp_path):
     ms.save_checkpoint(twin, ckpt, append_dict=model_records(False, []))
     for flags, dtype in (([], np.float32), (["--float16"], np.float16)):
         out = str(tmp_path / f"float_{dtype.__name__}.packed")
-        pack.main(["--checkpoint_path", ckpt, "--checkpoint_nm", "BiMLP_T", "--output", out, *flags])
+        pack.main(["--checkpoint_path", ckpt, "--model", "BiMLP_T", "--output", out, *flags])
         tensors = read_packed(out)["tensors"]
         assert not any(key.endswith(SIGNS) for key in tensors)
         loaded = read_checkpoint(out)
@@ -166,7 +166,7 @@ def test_committed_checkpoints_are_packed_and_match_their_recorded_sha256():
         path = os.path.join(pretrained.CHECKPOINT_DIR, name)
         assert pretrained.file_sha256(path) == pretrained.SHIPPED_SHA256[name], name
         assert read_packed(path)["format"] == "bimlp-packed-2"
-    assert all(os.path.basename(path) in files for path in pretrained.DEFAULT_CHECKPOINTS.values())
+    assert all(os.path.basename(pretrained.shipped_checkpoint(name)) in files for name in models_for("fashion_mnist"))
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_ship_writes_the_committed_file_and_records_its_sha256(shipping_place, t
     net, _ = seeded_params()
     ckpt = str(tmp_path / "best.ckpt")
     ms.save_checkpoint(net, ckpt, append_dict=model_records(True, [str(i) for i in range(10)]))
-    pack.main(["--checkpoint_path", ckpt, "--checkpoint_nm", "BiMLP_T", "--ship"])
+    pack.main(["--checkpoint_path", ckpt, "--model", "BiMLP_T", "--ship"])
     shipped = str(folder / "BiMLP_T_fashion_mnist.packed")
     digest = pretrained.file_sha256(shipped)
     assert f"SHA-256 {digest}  {shipped}" in capsys.readouterr().out
@@ -215,7 +215,7 @@ def test_reference_bimlp_s_quantized_weights_survive():
     (["--unpack", "--checkpoint_path", "missing.packed", "--output", "x.ckpt"], "packed checkpoint not found"),
     (["--checkpoint_path", "a.ckpt", "--output", "x.ckpt"], "must end in .packed"),
     (["--checkpoint_path", "a.ckpt"], "give either --output or --ship"),
-    (["--checkpoint_path", "a.ckpt", "--checkpoint_nm", "BiMLP_S", "--ship"], "only BiMLP_T/BiMLP_T14 checkpoints"),
+    (["--checkpoint_path", "a.ckpt", "--model", "BiMLP_S", "--ship"], "only BiMLP_T/BiMLP_T14 checkpoints"),
 ])
 def test_cli_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

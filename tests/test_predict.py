@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 import predict
-from data_images import write_high_depth
 from conftest import ROOT, packed_copy
-from src.checkpoint import CLASS_NAMES_RECORD, model_records
+from data_images import write_high_depth
+from src.checkpoint import CLASS_NAMES_RECORD, load_weights, model_records
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import create_model
 
 IMAGES = 3
@@ -56,12 +57,15 @@ def outputs(setup, tmp_path_factory):
     checkpoint, folder = setup
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
-    common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    common = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     commands = {"json": predict_command("--image", folder, "--json", "--checkpoint_path",
-                                        packed_copy(checkpoint, "BiMLP_T"), "--checkpoint_nm", "BiMLP_T"),
+                                        packed_copy(checkpoint, "BiMLP_T"), "--model", "BiMLP_T"),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
-                                          "--top_k", "3", *common)}
-    runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                          "--top_k", "3", *common),
+                "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json")}
+    # Run from elsewhere: the shipped checkpoint must be found from the script's folder, not the caller's.
+    elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
+    runs = {key: subprocess.Popen(command, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for key, command in commands.items()}
     results = {}
     for key, proc in runs.items():
@@ -106,6 +110,19 @@ def test_folder_as_json(setup, outputs):
     assert [p["top_k"][0]["class"] for p in result["predictions"]] == logits.argmax(1).tolist()
 
 
+def test_without_checkpoint_path_the_shipped_default_variant_predicts(setup, outputs):
+    result = json.loads(outputs["shipped"])
+    assert (result["model"], result["checkpoint"]) == (SHIPPED_DEFAULT_MODEL, shipped_checkpoint(SHIPPED_DEFAULT_MODEL))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = create_model(SHIPPED_DEFAULT_MODEL)
+    load_weights(net, result["checkpoint"], SHIPPED_DEFAULT_MODEL)
+    net.set_train(False)
+    logits = net(ms.Tensor(preprocess_image_file(os.path.join(setup[1], "0.png"), "fashion_mnist")[None])).asnumpy()
+    top = result["predictions"][0]["top_k"]
+    assert [entry["class"] for entry in top] == np.argsort(-logits[0], kind="stable")[:5].tolist()
+    assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+
+
 def test_single_image_readable_with_class_file(outputs):
     lines = outputs["single"].strip().splitlines()
     assert lines[0].endswith("0.png")
@@ -136,6 +153,7 @@ def test_names_without_a_record_are_the_variants_datasets():
     ("empty", "no images"),
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
+    ("no_shipped_checkpoint", "--checkpoint_path is required for BiMLP_S"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -143,9 +161,11 @@ def test_errors(case, message, setup, tmp_path, capsys):
              "broken": os.path.join(folder, "broken.png")}.get(case, os.path.join(folder, "0.png"))
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    argv = ["--image", image, "--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
+    if case == "no_shipped_checkpoint":
+        argv = ["--image", image, "--model", "BiMLP_S"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2

@@ -1,4 +1,4 @@
-"""train.py: configs, schedule, checkpoints, resume after a kill, divergence, msrun data parallelism.
+"""train.py: configs, schedule, checkpoints, resume after a kill, divergence (msrun: test_distribute.py).
 
 Runs use BiMLP_T on a small real Fashion-MNIST subset (the first images of the
 Debian package's files), so each training process takes well under a minute.
@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -160,7 +159,7 @@ def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_pa
     assert os.path.isfile(out / "best.ckpt")
 
     evaluated = run([sys.executable, "eval.py", "--checkpoint_path", str(out / "best.ckpt"),
-                     "--checkpoint_nm", "BiMLP_T", "--dataset_path", small_fashion, "--batch_size", "16"])
+                     "--model", "BiMLP_T", "--dataset_path", small_fashion, "--batch_size", "16"])
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "'num_samples': 40" in evaluated.stdout
 
@@ -193,26 +192,6 @@ def test_bad_training_input_is_one_clear_error(tmp_path, flags, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_msrun_two_cpu_workers_read_different_shards_and_stay_in_sync(small_fashion, tmp_path):
-    if shutil.which("msrun", path=os.path.dirname(sys.executable)) is None:
-        pytest.skip("msrun is not installed next to this Python")
-    logs = tmp_path / "logs"
-    env = dict(os.environ, LOG_DIR=str(logs), MASTER_PORT=str(8200 + os.getpid() % 500),
-               PYTHON=sys.executable)
-    result = subprocess.run(
-        ["bash", "scripts/run_distribute_train_cpu.sh", "2", CONFIG, "--dataset_path", small_fashion,
-         "--output_dir", str(tmp_path / "out"), "--batch_size", "8", "--steps_per_epoch", "3", "--epochs", "1",
-         "--num_workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    worker_logs = "".join((logs / name).read_text() for name in sorted(os.listdir(logs)) if "worker" in name)
-    assert result.returncode == 0, (result.stderr + worker_logs)[-4000:]
-    found = dict((int(r), (d, p)) for r, d, p in re.findall(
-        r"rank (\d)/2: data digest (\w+), parameter digest (\w+)", worker_logs))
-    assert sorted(found) == [0, 1]
-    assert found[0][0] != found[1][0], "both ranks read the same images"
-    assert found[0][1] == found[1][1], "parameters differ between ranks after training"
-    assert os.path.isfile(tmp_path / "out" / "last.ckpt")
-
-
 def test_distillation_from_a_packed_float_teacher_trains(small_fashion, tmp_path):
     teacher = str(tmp_path / "teacher.ckpt")
     ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
@@ -236,7 +215,7 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     assert result.returncode == 0, result.stderr[-3000:]
     float_ckpt = str(tmp_path / "float" / "best.ckpt")
     evaluate = [sys.executable, "eval.py", "--dataset_path", small_fashion, "--checkpoint_path", float_ckpt,
-                "--checkpoint_nm", "BiMLP_T", "--mode", "pynative"]
+                "--model", "BiMLP_T", "--mode", "pynative"]
     as_binary = run(evaluate)
     assert as_binary.returncode == 2 and "holds a float network" in as_binary.stderr
     assert "Traceback" not in as_binary.stderr
