@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 
-from src.checkpoint import SHIPPED_DEFAULT_MODEL, load_weights, shipped_checkpoint
+from src.checkpoint import load_weights, read_checkpoint, recorded_class_names
 from src.config import parse_bool
 from src.context import PLATFORMS, UserError, add_model_argument, default_device_id, run_cli, setup_device
-from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
+from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of,
+                         short_list)
 from src.evaluation import evaluate
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model, models_for
 from src.weight_cache import ENGINES
 
@@ -28,8 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_path", help="folder with one sub-folder per class (ImageNet val layout), "
                         f"or the Fashion-MNIST folder (default for fashion_mnist: {FASHION_MNIST_DIR})")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="default: CPU")
-    parser.add_argument("--checkpoint_path", help="checkpoint file (default for BiMLP_T and BiMLP_T14: "
-                        "the variant's committed checkpoint)")
+    parser.add_argument("--checkpoint_path", help="checkpoint file, .ckpt or packed (default for BiMLP_T and "
+                        "BiMLP_T14: the variant's committed checkpoints/<variant>_fashion_mnist.packed)")
     add_model_argument(parser, SHIPPED_DEFAULT_MODEL)
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false evaluates a float-twin checkpoint (train.py --binary false); "
@@ -70,7 +72,14 @@ def resolve(args):
         args.image_size = DEFAULT_IMAGE_SIZE[args.dataset]
     if args.image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
-    dataset_classes = num_classes_of(args.dataset, args.dataset_path)
+    # Class folders are labelled by the checkpoint's class names when it records them (train.py's do).
+    args.class_names = recorded_class_names(read_checkpoint(args.checkpoint_path))
+    args.classes_from = f"the checkpoint {args.checkpoint_path}"
+    if args.class_names:
+        count_images(args.dataset, args.dataset_path, "val", args.class_names, args.classes_from)
+        dataset_classes = len(args.class_names)
+    else:
+        dataset_classes = num_classes_of(args.dataset, args.dataset_path)
     if args.num_classes is None:
         args.num_classes = dataset_classes
     if args.num_classes < dataset_classes:
@@ -105,16 +114,19 @@ def build_network(args):
 
 def main(argv=None):
     args = resolve(parse_args(argv))
-    num_images = count_images(args.dataset, args.dataset_path, "val")
+    num_images = count_images(args.dataset, args.dataset_path, "val", args.class_names, args.classes_from)
     print(f"evaluating {args.model} checkpoint {args.checkpoint_path}", flush=True)
     print(f"  data: {args.dataset} at {args.dataset_path}, {num_images} images, "
           f"image size {args.image_size}, batch size {args.batch_size}", flush=True)
     print(f"  model: {args.num_classes} classes, {args.platform} device {args.device_id}, {args.mode} mode",
           flush=True)
+    if args.class_names:
+        print(f"  labels: by the checkpoint's class names ({short_list(args.class_names)})", flush=True)
     setup_device(args.platform, args.device_id, args.mode)
     net = build_network(args)
     print(f"  fused CPU kernels: {'on' if net.fused else 'off'}, engine {net.engine}", flush=True)
-    dataset = create_dataset(args.dataset, args.dataset_path, "val", args.batch_size, args.image_size)
+    dataset = create_dataset(args.dataset, args.dataset_path, "val", args.batch_size, args.image_size,
+                             classes=args.class_names, classes_from=args.classes_from)
     if args.mode == "graph":
         print("compiling the network graph on the first batch (can take minutes on CPU; "
               "--mode pynative skips compilation)", file=sys.stderr, flush=True)

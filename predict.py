@@ -8,8 +8,9 @@
 Images get the evaluation preprocessing of src/dataset.py (ImageNet: resize the
 shorter side to image_size / 0.875, center crop, normalize; BiMLP_T/T14: grayscale
 28x28 Fashion-MNIST normalization). Class names: --class_names (ImageNet's
-LOC_synset_mapping.txt, or one name per line), Fashion-MNIST's names for BiMLP_T/T14,
-otherwise class indices. In a folder, unreadable images are reported and skipped.
+LOC_synset_mapping.txt, or one name per line), else the names the checkpoint records
+(train.py's do), else Fashion-MNIST's for BiMLP_T/T14 and ImageNet-1k's for 1000-class
+BiMLP_S/M, otherwise class indices. In a folder, unreadable images are reported and skipped.
 """
 import argparse
 import json
@@ -20,9 +21,11 @@ import sys
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import SHIPPED_DEFAULT_MODEL, load_weights, shipped_checkpoint
+from src.checkpoint import load_weights, recorded_class_names
 from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
-from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, preprocess_image_file
+from src.dataset import IMAGE_EXTENSIONS, preprocess_image_file, readable_class_names
+from src.dataset import class_names as dataset_class_names
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model
 from src.weight_cache import ENGINES
 
@@ -34,8 +37,8 @@ SYNSET_LINE = re.compile(r"^n\d{8}\s+(.+)$")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", required=True, help="an image file, or a folder of images")
-    parser.add_argument("--checkpoint_path", help="checkpoint file (default for BiMLP_T and BiMLP_T14: "
-                        "the variant's committed checkpoint)")
+    parser.add_argument("--checkpoint_path", help="checkpoint file, .ckpt or packed (default for BiMLP_T and "
+                        "BiMLP_T14: the variant's committed checkpoints/<variant>_fashion_mnist.packed)")
     add_model_argument(parser, SHIPPED_DEFAULT_MODEL)
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
     parser.add_argument("--image_size", type=int, default=None,
@@ -79,12 +82,14 @@ def read_class_names(path, num_classes):
     return names
 
 
-def class_names(args, num_classes):
-    if args.class_names:
-        return read_class_names(args.class_names, num_classes)
-    if DATASET_OF_MODEL[args.model] == "fashion_mnist" and num_classes == len(FASHION_MNIST_CLASSES):
-        return list(FASHION_MNIST_CLASSES)
-    return [f"class {index}" for index in range(num_classes)]
+def class_names(model_name, num_classes, checkpoint):
+    """The checkpoint's recorded class names, else those of the variant's dataset if the head fits it."""
+    names = recorded_class_names(checkpoint)
+    if names is None:
+        known = dataset_class_names(DATASET_OF_MODEL[model_name])
+        names = known if len(known) == num_classes else []
+    names = readable_class_names(names)
+    return names + [f"class {index}" for index in range(len(names), num_classes)]
 
 
 def load_images(files, dataset, image_size):
@@ -149,10 +154,11 @@ def main(argv=None):
                            **({"num_classes": args.num_classes} if args.num_classes else {}))
     except ValueError as err:  # --engine xnor without a C++ compiler
         raise UserError(str(err)) from None
-    names = class_names(args, net.num_classes)
+    names = read_class_names(args.class_names, net.num_classes) if args.class_names else None
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)
-    load_weights(net, checkpoint_path, args.model)
+    checkpoint = load_weights(net, checkpoint_path, args.model)
+    names = names or class_names(args.model, net.num_classes, checkpoint)
     net.set_train(False)
     probs = probabilities(net, images)
     predictions = [{"image": file, "top_k": top_k(p, names, min(args.top_k, net.num_classes))}

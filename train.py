@@ -21,10 +21,11 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.checkpoint import BINARY_MARKER, STATE_PREFIX, load_weights, read_checkpoint, save_atomic
+from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_class_names,
+                            save_atomic)
 from src.config import add_arguments, load_config, save_config
 from src.context import UserError, default_device_id, run_cli, setup_device
-from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
+from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
 from src.evaluation import evaluate, format_duration
 from src.optim import create_optimizer, lr_schedule
 from src.wavemlp_20_3 import MODELS, create_model
@@ -93,15 +94,33 @@ def init_distributed(config):
     return get_rank(), world
 
 
-def train_data(config, epoch, rank, world):
+def train_data(config, epoch, rank, world, classes):
     """The epoch's shuffled batches; seeding by epoch makes a resumed run see what an unbroken one would."""
     ds.config.set_seed(config["seed"] * 1000 + epoch)
     dataset = create_dataset(config["dataset"], split_path(config, "train"), "train", config["batch_size"],
                              config["image_size"], num_shards=world if world > 1 else None,
-                             shard_id=rank if world > 1 else None, num_workers=config["num_workers"])
+                             shard_id=rank if world > 1 else None, num_workers=config["num_workers"],
+                             classes=classes)
     if config["steps_per_epoch"]:
         dataset = dataset.take(int(config["steps_per_epoch"]))
     return dataset
+
+
+def training_classes(config):
+    """Label -> class name: the class folders of train/ (imagefolder), or the dataset's fixed classes."""
+    classes = class_names(config["dataset"], split_path(config, "train"))
+    if config["num_classes"] and config["num_classes"] < len(classes):
+        raise UserError(f"num_classes {config['num_classes']} is fewer than the {len(classes)} classes of "
+                        f"{split_path(config, 'train')}")
+    return classes
+
+
+def check_classes(saved, classes, path, config):
+    """A checkpoint that records other classes than the training set's would silently relabel them."""
+    recorded = recorded_class_names(saved)
+    if recorded is not None and recorded != list(classes):
+        raise UserError(f"{path} was trained on other classes ({short_list(recorded)}) than "
+                        f"{split_path(config, 'train')} holds ({short_list(classes)})")
 
 
 def use_training_kernels(config):
@@ -116,11 +135,12 @@ def use_training_kernels(config):
     return config["fused"]
 
 
-def build_teacher(config, num_classes):
+def build_teacher(config, num_classes, classes):
     if not config["teacher_checkpoint"]:
         return None
     teacher = create_model(config["model"], num_classes=num_classes, binary=False)
-    load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)")
+    saved = load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)")
+    check_classes(saved, classes, config["teacher_checkpoint"], config)
     teacher.update_parameters_name("teacher.")  # distinct from the student's names in one graph
     for param in teacher.get_parameters():
         param.requires_grad = False
@@ -140,16 +160,16 @@ def state_parameters(net, optimizer):
     return params
 
 
-def save_state(path, params, epoch, best_top1, binary):
+def save_state(path, params, epoch, best_top1, records):
     entries = [{"name": name, "data": p} for name, p in params.items()]
     save_atomic(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
-                                            f"{STATE_PREFIX}best_top1": float(best_top1),
-                                            BINARY_MARKER: int(binary)})
+                                            f"{STATE_PREFIX}best_top1": float(best_top1), **records})
 
 
-def restore_state(path, params):
+def restore_state(path, params, classes, config):
     """Load weights and optimizer state; returns (epochs done, best top-1)."""
     saved = read_checkpoint(path)
+    check_classes(saved, classes, path, config)
     missing = sorted(set(params) - set(saved))
     if missing or f"{STATE_PREFIX}epoch" not in saved:
         raise UserError(f"{path} is not a train.py checkpoint of this configuration "
@@ -244,7 +264,11 @@ def main(argv=None):
     setup_device(config["platform"], device_id, config["mode"])
     rank, world = init_distributed(config)
     ms.set_seed(config["seed"])
-    num_classes = config["num_classes"] or num_classes_of(config["dataset"], split_path(config, "val"))
+    classes = training_classes(config)
+    num_classes = config["num_classes"] or len(classes)
+    # Validation folders are labelled by the training set's class names, so they must be among them.
+    val_images = count_images(config["dataset"], split_path(config, "val"), "val", classes,
+                              split_path(config, "train"))
     config["num_classes"] = num_classes
     out = config["output_dir"]
     resume = resume_path(config)
@@ -255,11 +279,11 @@ def main(argv=None):
     # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
                        binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
-    steps_per_epoch = train_data(config, 1, rank, world).get_dataset_size()
+    steps_per_epoch = train_data(config, 1, rank, world, classes).get_dataset_size()
     schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
                            config["epochs"], steps_per_epoch)
     optimizer = create_optimizer(net, config, schedule)
-    teacher = build_teacher(config, num_classes)
+    teacher = build_teacher(config, num_classes, classes)
     loss_cell = TrainLoss(net, config["label_smoothing"], teacher, config["distill_alpha"],
                           config["distill_temperature"])
     step_cell = nn.TrainOneStepCell(loss_cell, optimizer)
@@ -268,11 +292,10 @@ def main(argv=None):
 
     epochs_done, best = 0, -1.0
     if resume:
-        epochs_done, best = restore_state(resume, params)
+        epochs_done, best = restore_state(resume, params, classes, config)
         print(f"resumed from {resume}: {epochs_done} epochs done, best val top-1 {best:.4f}", flush=True)
         if rank == 0:
             trim_log(os.path.join(out, "log.csv"), epochs_done)
-    val_images = count_images(config["dataset"], split_path(config, "val"), "val")
     if rank == 0:
         print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
@@ -286,8 +309,9 @@ def main(argv=None):
         if teacher is not None:
             teacher.set_train(False)
         try:
-            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world), epoch, config,
-                                              schedule, rank, run_start, digest_images=world > 1)
+            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world, classes),
+                                                      epoch, config, schedule, rank, run_start,
+                                                      digest_images=world > 1)
         except TrainingDiverged as err:
             kept = last_path if os.path.isfile(last_path) else "none yet"
             raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "
@@ -297,7 +321,8 @@ def main(argv=None):
             continue
         net.set_train(False)
         val = evaluate(net, create_dataset(config["dataset"], split_path(config, "val"), "val",
-                                           config["batch_size"], config["image_size"]),
+                                           config["batch_size"], config["image_size"], classes=classes,
+                                           classes_from=split_path(config, "train")),
                        split_path(config, "val"), val_images, num_classes, pad_batches=config["mode"] == "graph")
         lr_now = float(schedule[epoch * steps_per_epoch - 1])
         append_log(os.path.join(out, "log.csv"), {
@@ -306,9 +331,9 @@ def main(argv=None):
             "train_img_per_s": f"{rate:.1f}"})
         best_now = val["acc"] > best
         best = max(best, val["acc"])
-        save_state(last_path, params, epoch, best, net.binary)
+        save_state(last_path, params, epoch, best, model_records(net.binary, classes))
         if best_now:
-            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict={BINARY_MARKER: int(net.binary)})
+            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes))
         print(f"epoch {epoch}/{config['epochs']} done in {format_duration(seconds)}: train loss {loss:.4f}, "
               f"val top-1 {val['acc']:.4f} top-5 {val['top5']:.4f}{' (best)' if best_now else ''}", flush=True)
     if world > 1:

@@ -1,31 +1,23 @@
 """Loading and saving checkpoints: strict, explicit about mismatches, atomic on write."""
+import json
 import os
 
 import mindspore as ms
 
 from src.context import UserError
-
-# The committed checkpoints, one per Fashion-MNIST variant; eval.py and predict.py default to this one.
-SHIPPED_DEFAULT_MODEL = "BiMLP_T14"
-CHECKPOINTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
-
-
-def shipped_checkpoint(model_name):
-    """The committed checkpoint of `model_name`: what eval.py and predict.py load without --checkpoint_path."""
-    from src.wavemlp_20_3 import models_for
-
-    if model_name not in models_for("fashion_mnist"):
-        raise UserError(f"--checkpoint_path is required for {model_name}: no checkpoint of it ships with the package")
-    path = os.path.join(CHECKPOINTS_DIR, f"{model_name}_fashion_mnist.ckpt")
-    if not os.path.isfile(path):
-        raise UserError(f"the default Fashion-MNIST checkpoint {path} does not exist yet: "
-                        f"train one with train.py, or pass --checkpoint_path")
-    return path
+from src.packing import is_packed, load_packed
+from src.pretrained import verify_shipped
 
 
 def read_checkpoint(path):
+    """{name: Parameter} of a packed checkpoint (known by its content, whatever its name) or a .ckpt."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    verify_shipped(path)
+    if is_packed(path):
+        return load_packed(path)
+    if not path.endswith(".ckpt"):  # MindSpore reads .ckpt files only under that suffix
+        raise UserError(f"{path} is neither a packed BiMLP checkpoint nor a MindSpore .ckpt file")
     try:
         return ms.load_checkpoint(path)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError for corrupt files
@@ -83,6 +75,19 @@ def guess_variant(weights, exclude=None):
 STATE_PREFIX = "train_state."
 # ...and whether the weights are a binary network or its float twin (1 or 0).
 BINARY_MARKER = f"{STATE_PREFIX}binary"
+# ...and the class name of each label, as a JSON list: eval.py and predict.py map class folders by name.
+CLASS_NAMES_RECORD = f"{STATE_PREFIX}class_names"
+
+
+def model_records(binary, class_names):
+    """The records train.py writes beside the weights of every checkpoint."""
+    return {BINARY_MARKER: int(binary), CLASS_NAMES_RECORD: json.dumps(list(class_names))}
+
+
+def recorded_class_names(params):
+    """The checkpoint's class names (label index -> name), or None if it does not record them."""
+    value = params.get(CLASS_NAMES_RECORD)
+    return None if value is None else json.loads(str(value))
 
 
 def _is_training_state(name):

@@ -19,7 +19,7 @@ CHECKPOINT_READERS = {
     "eval.py": (eval_script, []),
     "export.py": (export, ["--checkpoint_path", "x.ckpt"]),
     "predict.py": (predict, ["--image", "x.png"]),
-    "pack.py": (pack, ["--checkpoint_path", "x.ckpt", "--output", "x.npz"]),
+    "pack.py": (pack, ["--checkpoint_path", "x.ckpt", "--output", "x.packed"]),
 }
 FLAG = re.compile(r'add_argument\(\s*"(--\w+)"')
 
@@ -48,7 +48,7 @@ def test_benchmark_model_selects_the_variants_of_every_part():
     configs = benchmark.configs(benchmark.parse_args(["--only", "eval,train", "--model", "BiMLP_T14",
                                                       "--batches", "1", "--paths", "fused"]))
     assert [(c["kind"], c["model"], c["size"]) for c in configs] == \
-        [("eval", "BiMLP_T14", 28)] + [("train", "BiMLP_T14", 28)] * 3
+        [("eval", "BiMLP_T14", 28)] + [("train", "BiMLP_T14", 28)] * len(benchmark.TRAIN_PATHS)
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--model", "BiMLP_S,BiMLP_X"])
 

@@ -9,7 +9,7 @@ import pytest
 from mindspore import nn, ops
 
 import export
-from conftest import ROOT
+from conftest import ROOT, packed_copy
 from src.checkpoint import load_weights
 from src.context import UserError, run_cli
 from src.wavemlp_20_3 import create_model
@@ -29,13 +29,14 @@ def export_command(checkpoint, file_format, file_name):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint exported by the CLI to MINDIR and ONNX (in parallel),
+    """A seeded BiMLP_T checkpoint, packed, exported by the CLI to MINDIR and ONNX (in parallel),
     and the Cell's eval logits: ({format: path}, logits)."""
     folder = tmp_path_factory.mktemp("export")
     ms.set_seed(1)
     checkpoint = str(folder / "t.ckpt")
     ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
-    runs = {fmt: subprocess.Popen(export_command(checkpoint, fmt, str(folder / "bimlp_t")), cwd=ROOT,
+    packed = packed_copy(checkpoint, "BiMLP_T")  # export.py reads it as it is, logits bit-identical
+    runs = {fmt: subprocess.Popen(export_command(packed, fmt, str(folder / "bimlp_t")), cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for fmt in ("MINDIR", "ONNX")}
     ms.set_context(mode=ms.GRAPH_MODE)

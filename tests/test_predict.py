@@ -11,13 +11,16 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import ROOT
-from src.checkpoint import SHIPPED_DEFAULT_MODEL, load_weights, shipped_checkpoint
+from conftest import ROOT, packed_copy
+from data_images import write_high_depth
+from src.checkpoint import CLASS_NAMES_RECORD, load_weights, model_records
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import create_model
 
 IMAGES = 3
+RECORDED = [f"{name} (recorded)" for name in FASHION_MNIST_CLASSES]
 
 
 def fashion_mnist_test_images(count):
@@ -27,15 +30,17 @@ def fashion_mnist_test_images(count):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG plus one broken file."""
+    """A seeded BiMLP_T checkpoint recording the class names RECORDED, and a folder with the first test
+    images as PNG, the first one also as a 16-bit PNG, plus one broken file."""
     folder = tmp_path_factory.mktemp("predict")
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
-    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
+    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint, append_dict=model_records(True, RECORDED))
     images = folder / "images"
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
         Image.fromarray(pixels).save(images / f"{index}.png")
+    write_high_depth(str(images / "0_16bit.png"), fashion_mnist_test_images(1)[0], "I;16")
     (images / "broken.png").write_text("not an image")
     (images / "notes.txt").write_text("not an image either, and not an image name")
     return checkpoint, str(images)
@@ -47,12 +52,14 @@ def predict_command(*args):
 
 @pytest.fixture(scope="module")
 def outputs(setup, tmp_path_factory):
-    """stdout of predict.py on the folder with --json, and on one image with a class-name file (run in parallel)."""
+    """stdout of predict.py on the folder with --json (from the packed checkpoint), and on one image with a
+    class-name file (run in parallel)."""
     checkpoint, folder = setup
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
     common = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
-    commands = {"json": predict_command("--image", folder, "--json", *common),
+    commands = {"json": predict_command("--image", folder, "--json", "--checkpoint_path",
+                                        packed_copy(checkpoint, "BiMLP_T"), "--model", "BiMLP_T"),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
                                           "--top_k", "3", *common),
                 "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json")}
@@ -84,12 +91,13 @@ def test_png_preprocessing_is_the_eval_pipeline():
 def test_folder_as_json(setup, outputs):
     checkpoint = setup[0]
     result = json.loads(outputs["json"])
-    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "1.png", "2.png"]
+    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "0_16bit.png", "1.png", "2.png"]
+    assert result["predictions"][1]["top_k"] == result["predictions"][0]["top_k"]
     assert [os.path.basename(s["image"]) for s in result["skipped"]] == ["broken.png"]
     for prediction in result["predictions"]:
         top = prediction["top_k"]
         assert [entry["rank"] for entry in top] == [1, 2, 3, 4, 5]
-        assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+        assert all(entry["label"] == RECORDED[entry["class"]] for entry in top)
         probs = [entry["probability"] for entry in top]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-9
 
@@ -129,6 +137,15 @@ def test_synset_mapping_and_plain_names(tmp_path):
     plain = tmp_path / "names.txt"
     plain.write_text("cat\ndog\n")
     assert predict.read_class_names(str(plain), 2) == ["cat", "dog"]
+
+
+def test_names_without_a_record_are_the_variants_datasets():
+    assert predict.class_names("BiMLP_T14", 10, {}) == list(FASHION_MNIST_CLASSES)
+    imagenet = predict.class_names("BiMLP_S", 1000, {})
+    assert imagenet[0] == "tench, Tinca tinca" and imagenet[897] == "washer, automatic washer, washing machine"
+    assert predict.class_names("BiMLP_S", 3, {}) == ["class 0", "class 1", "class 2"]
+    recorded = {CLASS_NAMES_RECORD: '["n01530575", "cat"]'}
+    assert predict.class_names("BiMLP_S", 3, recorded) == ["brambling, Fringilla montifringilla", "cat", "class 2"]
 
 
 @pytest.mark.parametrize("case,message", [
