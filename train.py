@@ -27,7 +27,7 @@ from src.config import add_arguments, load_config, save_config
 from src.context import UserError, default_device_id, run_cli, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
 from src.evaluation import evaluate, format_duration
-from src.optim import create_optimizer, lr_schedule
+from src.optim import config_lr_schedule, create_optimizer
 from src.wavemlp_20_3 import MODELS, create_model
 
 LOG_FIELDS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "epoch_seconds", "train_img_per_s"]
@@ -280,8 +280,7 @@ def main(argv=None):
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
                        binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
     steps_per_epoch = train_data(config, 1, rank, world, classes).get_dataset_size()
-    schedule = lr_schedule(float(config["lr"]), float(config["min_lr"]), float(config["warmup_epochs"]),
-                           config["epochs"], steps_per_epoch)
+    schedule = config_lr_schedule(config, steps_per_epoch)
     optimizer = create_optimizer(net, config, schedule)
     teacher = build_teacher(config, num_classes, classes)
     loss_cell = TrainLoss(net, config["label_smoothing"], teacher, config["distill_alpha"],
@@ -315,7 +314,8 @@ def main(argv=None):
         except TrainingDiverged as err:
             kept = last_path if os.path.isfile(last_path) else "none yet"
             raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "
-                            f"Try a lower --lr or a longer --warmup_epochs.") from None
+                            f"Try a lower --lr or a longer warm-up "
+                            f"(--warmup_epochs, capped by --max_warmup_fraction).") from None
         data_digest = zlib.crc32(digest.to_bytes(4, "little"), data_digest)
         if rank != 0:
             continue

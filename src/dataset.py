@@ -35,6 +35,10 @@ DEFAULT_IMAGE_SIZE = {"imagenet": 224, "imagefolder": 224, "fashion_mnist": 28}
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
 # The eval resize keeps the crop at 87.5% of the shorter side: 224 -> 256.
 CROP_RATIO = 0.875
+# At this size and below (CIFAR, MNIST-likes) ImageNet's crops, down to 8% of the image in training
+# and without the border at eval, leave too few pixels: the CIFAR practice instead trains on the whole
+# image shifted by up to 1/8 of its side (zero fill) and flipped, and evaluates on the whole image.
+SMALL_IMAGE_SIZE = 32
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 
@@ -117,7 +121,11 @@ def pixel_transforms(name, split, image_size=None):
         resize = vision.Resize((image_size, image_size), vision.Inter.LINEAR)
         augment = [vision.RandomCrop(image_size, padding=2), vision.RandomHorizontalFlip()] if split == "train" else []
         return [resize, *augment, vision.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD), vision.HWC2CHW()]
-    if split == "train":
+    if image_size <= SMALL_IMAGE_SIZE:
+        crop = [vision.Resize(image_size, vision.Inter.LINEAR), vision.CenterCrop(image_size)]
+        if split == "train":
+            crop += [vision.RandomCrop(image_size, padding=image_size // 8), vision.RandomHorizontalFlip()]
+    elif split == "train":
         crop = [vision.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=vision.Inter.LINEAR),
                 vision.RandomHorizontalFlip()]
     else:

@@ -23,6 +23,11 @@ def normalized(value, channel):
     return (value - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
 
 
+def pixels(image):
+    """A normalized CHW image back to HWC uint8."""
+    return np.rint(image.transpose(1, 2, 0) * IMAGENET_STD + np.array(IMAGENET_MEAN)).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def formats_tree(tmp_path_factory):
     """Seven images of every supported kind in three classes, created in unsorted order."""
@@ -95,6 +100,21 @@ def test_other_image_sizes_keep_the_crop_ratio(formats_tree):
     assert resize_size(64) == 73
     (images, _), = batches(create_dataset("imagefolder", formats_tree, "val", batch_size=8, image_size=64))
     assert images.shape == (7, 3, 64, 64)
+
+
+def test_small_images_are_evaluated_whole_and_trained_on_shifted_flipped_copies(tmp_path):
+    image = np.asarray(noisy(2, size=(32, 32)))
+    for i in range(6):
+        write_image(str(tmp_path / "a" / f"{i}.png"), image)
+    (whole, _), = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=6, image_size=32))
+    np.testing.assert_array_equal(pixels(whole[0]), image)
+    (augmented, _), = batches(create_dataset("imagefolder", str(tmp_path), "train", batch_size=6, image_size=32))
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))  # shifts of up to 32 // 8 pixels, zero fill
+    shifted = [padded[y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+    candidates = shifted + [copy[:, ::-1] for copy in shifted]
+    for copy in augmented:
+        assert any(np.array_equal(pixels(copy), candidate) for candidate in candidates)
+    assert len({pixels(copy).tobytes() for copy in augmented}) > 1
 
 
 def test_preprocess_image_file_matches_the_pipeline(formats_tree):

@@ -24,10 +24,13 @@ from src.checkpoint import model_records, recorded_class_names
 from src.config import DEFAULTS, load_config
 from src.context import UserError
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
-from src.optim import decays, lr_schedule
+from src.optim import config_lr_schedule, decays, lr_schedule
 from src.wavemlp_20_3 import MODELS, create_model
 
 CONFIG = os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml")
+# Training images per epoch, and the devices the ImageNet configs are written for.
+TRAIN_IMAGES = {"imagenet": 1_281_167, "fashion_mnist": 60_000}
+DEVICES = {"imagenet": 8, "fashion_mnist": 1}
 
 
 def read_idx(split, count):
@@ -90,6 +93,7 @@ def test_config_layers_defaults_yaml_and_flags(tmp_path):
     ("- a\n- b\n", "must be a mapping"),
     ("epochs: 0\n", "epochs must be at least 1"),
     ("platform: TPU\n", "platform must be one of"),
+    ("max_warmup_fraction: 1.5\n", "max_warmup_fraction must be in [0, 1]"),
 ])
 def test_bad_config_files_are_errors(tmp_path, text, message):
     file = tmp_path / "c.yaml"
@@ -110,6 +114,40 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine():
     np.testing.assert_allclose(rates[4], 1.0)
     np.testing.assert_allclose(rates[8], 0.5, atol=1e-6)  # halfway through the cosine
     assert all(np.diff(rates[4:]) < 0) and rates[-1] > 0
+
+
+def warmup_then_cosine(lr, min_lr, warmup_steps, total_steps):
+    """The schedule written out independently: linear warm-up over warmup_steps, then cosine to min_lr."""
+    step = np.arange(total_steps)
+    cosine = min_lr + 0.5 * (lr - min_lr) * (1 + np.cos(np.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+    return np.where(step < warmup_steps, lr * (step + 1) / max(warmup_steps, 1), cosine)
+
+
+def test_a_short_run_warms_up_for_a_tenth_of_it_then_peaks_and_ends_at_min_lr():
+    config = load_config(overrides={"epochs": 8})  # default warmup_epochs 5 would be 62% of the run
+    rates = config_lr_schedule(config, steps_per_epoch=50)
+    warmup = 40  # 10% of 400 steps
+    assert len(rates) == 400 and int(np.argmax(rates)) == warmup - 1
+    np.testing.assert_allclose(rates.max(), config["lr"], rtol=1e-6)
+    assert all(np.diff(rates[:warmup]) > 0) and all(np.diff(rates[warmup:]) < 0)
+    np.testing.assert_allclose(rates[warmup + 180], (config["lr"] + config["min_lr"]) / 2, rtol=1e-4)
+    np.testing.assert_allclose(rates[-1], config["min_lr"], rtol=0.05)
+    np.testing.assert_allclose(rates, warmup_then_cosine(config["lr"], config["min_lr"], warmup, 400), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_shipped_config_gets_the_warm_up_it_asks_for(name):
+    """The cap on the warm-up binds in no shipped config: the long ImageNet runs keep 5 epochs,
+    with the same per-step rates as before the cap existed."""
+    config = load_config(os.path.join(ROOT, "configs", name))
+    steps_per_epoch = TRAIN_IMAGES[config["dataset"]] // (config["batch_size"] * DEVICES[config["dataset"]])
+    rates = config_lr_schedule(config, steps_per_epoch)
+    warmup = round(config["warmup_epochs"] * steps_per_epoch)
+    assert int(np.argmax(rates)) == warmup - 1
+    expected = warmup_then_cosine(config["lr"], config["min_lr"], warmup, config["epochs"] * steps_per_epoch)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    if config["dataset"] == "imagenet":
+        assert (steps_per_epoch, warmup, len(rates)) == (1251, 5 * 1251, 300 * 1251)
 
 
 def test_weight_decay_only_on_conv_and_dense_weights():
