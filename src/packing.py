@@ -9,6 +9,8 @@ layer computes the very same wb: eval logits stay bit-identical.
 File format (a NumPy .npz archive, uncompressed):
     format          "bimlp-packed-1"
     model           the variant name, e.g. "BiMLP_S"
+    binary          1 for a binary network, 0 for its float twin (train.py's record; files
+                    packed before it was kept lack it)
     names           every parameter name, in checkpoint order
     <name>          a float32 parameter, stored as is
     <name>@signs    a packed binary weight: np.packbits(W.ravel() > 0), uint8
@@ -25,11 +27,13 @@ Which weights are packed:
   weights essentially never hit 0 exactly; the packer reports such layers).
 """
 import os
+import zipfile
 
 import numpy as np
 from mindspore import Tensor
 
 from src.context import UserError
+from src.files import atomic_write
 from src.quan_conv import QuanConv
 
 FORMAT = "bimlp-packed-1"
@@ -66,13 +70,14 @@ def unpack_weight(bits, scale, shape):
     return np.where(signs, scale, -scale).astype(np.float32)
 
 
-def pack_params(params, layers, model_name):
+def pack_params(params, layers, model_name, binary=True):
     """Pack a checkpoint (ordered name -> float32 array) into the arrays of the .npz format.
 
-    layers: {weight name: QuanConv} from packable_layers. Returns (arrays, names of the
-    binary layers that had to stay float).
+    layers: {weight name: QuanConv} from packable_layers; binary: the network is binary (not
+    the float twin). Returns (arrays, names of the binary layers that had to stay float).
     """
-    arrays = {"format": np.array(FORMAT), "model": np.array(model_name), "names": np.array(list(params))}
+    arrays = {"format": np.array(FORMAT), "model": np.array(model_name), "binary": np.array(int(binary)),
+              "names": np.array(list(params))}
     kept_float = []
     for name, value in params.items():
         packed = pack_weight(value, layers[name].quantize_weight) if name in layers else None
@@ -98,22 +103,19 @@ def unpack_arrays(arrays):
 
 
 def save_packed(arrays, path):
-    """Write the archive atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    # np.savez names its file *.npz whatever it is given: the temporary name has that suffix.
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def read_packed(path):
-    """Load a packed archive as a dict of arrays; UserError if it is missing or not one."""
+    """Load a packed archive as a dict of arrays; UserError if it is missing, damaged or not one."""
     if not os.path.isfile(path):
         raise UserError(f"packed checkpoint not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = dict(archive)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read packed checkpoint {path}: {err}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read packed checkpoint {path}: damaged or not a .npz archive ({err})") from None
     if "format" not in arrays or str(arrays["format"]) != FORMAT:
         raise UserError(f"{path} is not a packed BiMLP checkpoint (format {FORMAT})")
     return arrays
