@@ -14,7 +14,8 @@ import sys
 from src.checkpoint import load_weights
 from src.config import parse_bool
 from src.context import PLATFORMS, UserError, default_device_id, run_cli, setup_device
-from src.dataset import DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of
+from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, check_image_size, count_images,
+                         create_dataset, num_classes_of)
 from src.evaluation import evaluate
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model, models_for
 
@@ -23,8 +24,6 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CHECKPOINTS = {name: os.path.join(ROOT, "checkpoints", f"{name}_fashion_mnist.ckpt")
                        for name in models_for("fashion_mnist")}
 DEFAULT_MODEL = "BiMLP_T14"
-# BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
-MIN_IMAGE_SIZE = 16
 
 
 def parse_args(argv=None):
@@ -76,8 +75,7 @@ def resolve(args):
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.dataset]
-    if args.image_size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
+    check_image_size(args.image_size)
     dataset_classes = num_classes_of(args.dataset, args.dataset_path)
     if args.num_classes is None:
         args.num_classes = dataset_classes

@@ -20,8 +20,9 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights
+from src.config import parse_bool
 from src.context import UserError, default_device_id, run_cli, setup_device
-from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, preprocess_image_file
+from src.dataset import FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, check_image_size, preprocess_image_file
 from src.wavemlp_20_3 import DATASET_OF_MODEL, MODELS, create_model
 # Images per step; the last, partial batch is padded so that the graph compiles once.
 BATCH_SIZE = 8
@@ -34,6 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint_path", required=True)
     parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS), help="model variant")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
+                        help="false classifies with a float-twin checkpoint (train.py --binary false); default: true")
     parser.add_argument("--image_size", type=int, default=None,
                         help="input height = width (default 224; 28 for BiMLP_T)")
     parser.add_argument("--class_names", default=None,
@@ -132,9 +135,11 @@ def main(argv=None):
         raise UserError(f"--top_k must be at least 1, got {args.top_k}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
+    check_image_size(args.image_size)
     dataset = DATASET_OF_MODEL[args.checkpoint_nm]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
-    net = create_model(args.checkpoint_nm, fused=None, **({"num_classes": args.num_classes} if args.num_classes else {}))
+    net = create_model(args.checkpoint_nm, fused=None, binary=args.binary,
+                       **({"num_classes": args.num_classes} if args.num_classes else {}))
     names = class_names(args, net.num_classes)
     # After the inputs are checked: a bad path fails fast, before the device starts.
     setup_device(args.platform, args.device_id)

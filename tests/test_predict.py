@@ -12,6 +12,7 @@ from PIL import Image
 
 import predict
 from conftest import ROOT
+from src.checkpoint import BINARY_MARKER, save_checkpoint
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
 from src.wavemlp_20_3 import create_model
@@ -31,6 +32,7 @@ def setup(tmp_path_factory):
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
     ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
+    save_checkpoint(create_model("BiMLP_T", binary=False), str(folder / "float.ckpt"), append_dict={BINARY_MARKER: 0})
     images = folder / "images"
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
@@ -51,9 +53,12 @@ def outputs(setup, tmp_path_factory):
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
     common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    float_twin = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
     commands = {"json": predict_command("--image", folder, "--json", *common),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
-                                          "--top_k", "3", *common)}
+                                          "--top_k", "3", *common),
+                "float": predict_command("--image", os.path.join(folder, "0.png"), "--checkpoint_path", float_twin,
+                                         "--checkpoint_nm", "BiMLP_T", "--binary", "false")}
     runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for key, command in commands.items()}
     results = {}
@@ -114,11 +119,19 @@ def test_synset_mapping_and_plain_names(tmp_path):
     assert predict.read_class_names(str(plain), 2) == ["cat", "dog"]
 
 
+def test_a_float_twin_classifies_with_binary_false(outputs):
+    lines = outputs["float"].strip().splitlines()
+    assert lines[0].endswith("0.png") and len(lines) == 6
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "image or folder not found"),
     ("empty", "no images"),
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
+    ("size 0", "--image_size must be at least 16, got 0"),
+    ("size 5", "--image_size must be at least 16, got 5"),
+    ("float twin", "holds a float network, but a binary one was built: pass --binary false"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -126,9 +139,13 @@ def test_errors(case, message, setup, tmp_path, capsys):
              "broken": os.path.join(folder, "broken.png")}.get(case, os.path.join(folder, "0.png"))
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
+    if case == "float twin":
+        checkpoint = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
     argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
+    if case.startswith("size"):
+        argv += ["--image_size", case.split()[1]]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2
