@@ -1,16 +1,18 @@
 """The fused CPU kernels (src/fused_cpu.cc) give bit-identical results to the operators they replace."""
-import warnings
-
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
+from conftest import require
 from src import fused
 from src.quan_conv import QuanConv, RoundClip, XnorWeight
 from src.wavemlp_20_3 import RPReLU, WaveBlock, create_model
 
-pytestmark = pytest.mark.skipif(fused.library_path() is None, reason="no C++ compiler for the fused kernels")
+
+@pytest.fixture(autouse=True)
+def compiled_kernels():
+    require(fused.library_path() is not None, "a C++ compiler (g++) for the fused kernels")
 
 
 def randomize(net, seed):
@@ -194,21 +196,3 @@ def test_float_twin_and_other_platforms_do_not_fuse():
         create_model("BiMLP_T", binary=False, fused=True)
     assert not create_model("BiMLP_T").fused  # off in the library: the kernels have no gradient
     assert create_model("BiMLP_T", fused=None).fused  # auto: CPU with a compiler
-
-
-@pytest.mark.parametrize("broken", ["no compiler", "unwritable cache"])
-def test_without_a_library_the_network_runs_unfused(monkeypatch, tmp_path, broken):
-    monkeypatch.setattr(fused, "_library", {})
-    if broken == "no compiler":
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    else:
-        (tmp_path / "file").write_text("a file where the cache directory should be")
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert fused.library_path() is None
-    assert any("without its fused CPU kernels" in str(w.message) for w in caught)
-    assert not create_model("BiMLP_T", fused=None).fused
-    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
-        create_model("BiMLP_T", fused=True)
