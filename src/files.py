@@ -103,11 +103,12 @@ def check_output_file(path, flag):
     check_folder(os.path.dirname(os.path.abspath(path)), label=f"{flag} {path}")
 
 
-def remove_scratch(folder):
-    """Remove scratch folders that a killed writer left in folder (only call this while no other
-    process may be writing there)."""
+def remove_scratch(folder, names):
+    """Remove the scratch folders that a killed writer of the files `names` left in folder (only
+    call this while no other process may be writing them)."""
     for entry in os.scandir(folder):
-        if entry.is_dir() and entry.name.startswith(".") and entry.name.endswith(SCRATCH_SUFFIX):
+        if (entry.is_dir() and entry.name.endswith(SCRATCH_SUFFIX)
+                and any(entry.name.startswith(f".{name}.") for name in names)):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ def claim_output_dir(folder, resume, overwrite):
     run's results: a folder with anything in it needs --resume (continue that run) or --overwrite
     (replace its results). Returns the lock."""
     lock = FolderLock(folder, "train.py")
-    remove_scratch(folder)  # nobody else writes here while we hold the lock
+    remove_scratch(folder, RUN_FILES)  # left by a killed run; nobody else writes them while we hold the lock
     earlier = sorted(name for name in os.listdir(folder) if name not in (FolderLock.LOCK_NAME, MSRUN_LOG_FOLDER))
     if earlier and not (resume or overwrite):
         lock.release()

@@ -27,7 +27,7 @@ from src.context import UserError, run_cli
 from src.dataset import FASHION_MNIST_DIR
 from src.files import FolderLock
 from src.optim import decays, lr_schedule
-from src.run_folder import RUN_FILES
+from src.run_folder import RUN_FILES, claim_output_dir
 from src.wavemlp_20_3 import MODELS, create_model
 
 CONFIG = os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml")
@@ -278,6 +278,19 @@ def test_an_output_dir_is_never_shared_overwritten_or_left_half_written(small_fa
     replaced = run([*args, "--overwrite", "--epochs", "1", "--steps_per_epoch", "1"])
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert log_epochs(out) == ["1"] and digest(out / "last.ckpt") != before["last.ckpt"]
+
+
+def test_claiming_an_output_dir_removes_stale_scratch_and_overwrites_only_a_runs_files(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".last.ckpt.k2j3x.tmp").mkdir(parents=True)  # left by a run killed while saving
+    (folder / ".notes.tmp").mkdir()
+    (folder / "msrun_log").mkdir()  # msrun's worker logs, written before train.py starts
+    (folder / "log.csv").write_text("epoch\n")
+    (folder / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match=r"is not empty \(\.notes\.tmp, log\.csv, notes\.txt\)"):
+        claim_output_dir(str(folder), resume=None, overwrite=False)
+    claim_output_dir(str(folder), resume=None, overwrite=True).release()
+    assert sorted(os.listdir(folder)) == [".lock", ".notes.tmp", "msrun_log", "notes.txt"]
 
 
 @pytest.mark.parametrize("flags,message", [
