@@ -6,15 +6,25 @@ machine's conditions; compare within a run, and look at the load in the header.
 
     python benchmark.py                       # everything (~1 hour on 2 cores)
     python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T/T14 training, data
-    python benchmark.py --only eval --models BiMLP_S --batches 1,8 --paths fast,upstream
+    python benchmark.py --only eval --model BiMLP_S --batches 1,8 --paths fast,upstream
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
 Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
 MindSpore operators alone (fast=True, fused=False), "fused" the default network
-(fast=True plus the fused CPU kernels of src/fused_cpu.cc, eval only), "float" the
-float twin (binary=False, fast=True). All paths run in GRAPH mode with ONEDNN_MAX_CPU_ISA=AVX2 unless the
-environment sets it (see src/context.py).
+(fast=True plus the fused CPU kernels of src/fused_cpu.cc and cached binarized weights,
+eval only; logits bit-identical), "fused_1thread" the same with the kernels on one
+thread (BIMLP_KERNEL_THREADS=1, as they ran before they were threaded), "xnor" the
+opt-in xnor engine (binary 1x1 layers on packed bits, src/xnor_cpu.cc; eval only),
+"float" the float twin (binary=False, fast=True). In training "fused" runs the kernels of
+src/fused_train.cc and "float_fused" the float twin with them; train speeds are compared with
+the same network on MindSpore's operators ("fast", or "float"). All paths run in GRAPH mode
+with ONEDNN_MAX_CPU_ISA=AVX2 unless the environment sets it (see src/context.py).
+
+Thread settings, not run unless named in --paths (docs/performance_eval.md):
+"fused_runtime1" / "xnor_runtime1" with MindSpore's operator threads set to one
+(runtime_num_threads=1; the kernels still use every core), "fused_affinity" with
+mindspore.runtime.set_cpu_affinity(True).
 """
 import argparse
 import datetime
@@ -34,28 +44,43 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
-    "fused": {"binary": True, "fast": True, "fused": True},
+    "fused_1thread": {"binary": True, "fast": True, "fused": True},
+    "fused": {"binary": True, "fast": True, "fused": True, "fused_training": True},
+    "xnor": {"binary": True, "fast": True, "engine": "xnor"},
     "float": {"binary": False, "fast": True},
+    "float_fused": {"binary": False, "fast": True, "fused_training": True},
+}
+TRAIN_PATHS = ("upstream", "fast", "fused", "float", "float_fused")
+PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
+THREAD_SETTINGS = {
+    "fused_runtime1": ("fused", {"runtime_num_threads": 1}),
+    "xnor_runtime1": ("xnor", {"runtime_num_threads": 1}),
+    "fused_affinity": ("fused", {"cpu_affinity": True}),
 }
 # Measured peak RSS in GB: a base (framework + compilation) plus a slope per image.
 # Used to skip runs that cannot fit, e.g. the upstream-style BiMLP_S at batch 64
 # (~80 GB), before they exhaust the machine's memory.
 BASE_GB = 2.0
 GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
-                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2}
+                ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2,
+                # The fused kernels free their intermediates: ~0.015 GB per image at batch 16.
+                ("BiMLP_S", "fused"): 0.03, ("BiMLP_M", "fused"): 0.06}
+ESTIMATED_LIKE = {"fused_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
+                  "fused_affinity": "fused"}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
+# The variants each part measures unless --model names others: (eval, train).
+DEFAULT_MODELS = ("BiMLP_S,BiMLP_M", "BiMLP_T,BiMLP_T14,BiMLP_S")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="eval,train,data",
                         help="comma-separated parts to run: eval, train, data (default: all)")
-    parser.add_argument("--models", default="BiMLP_S,BiMLP_M", help="eval models (default: BiMLP_S,BiMLP_M)")
+    parser.add_argument("--model", help="comma-separated variants for every part (default: BiMLP_S,BiMLP_M "
+                        "for eval; BiMLP_T,BiMLP_T14,BiMLP_S for train, only the 28x28 ones with --quick)")
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
-    parser.add_argument("--paths", default="upstream,fast,fused,float",
-                        help="eval paths (default: upstream,fast,fused,float)")
-    parser.add_argument("--train_models", default="BiMLP_T,BiMLP_T14,BiMLP_S",
-                        help="train-step models (default: BiMLP_T,BiMLP_T14,BiMLP_S; --quick: the 28x28 ones)")
+    parser.add_argument("--paths", default=",".join(path for path in PATHS if path != "float_fused"),
+                        help=f"eval paths (default: all but float_fused; also: {','.join(THREAD_SETTINGS)})")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
@@ -68,9 +93,20 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [path for path in args.paths.split(",") if path not in PATHS and path not in THREAD_SETTINGS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join([*PATHS, *THREAD_SETTINGS])}")
+    eval_models, train_models = DEFAULT_MODELS
     if args.quick:
-        args.models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
-        args.train_models = ",".join(m for m in args.train_models.split(",") if is_small(m))
+        eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
+        train_models = ",".join(m for m in train_models.split(",") if is_small(m))
+    args.eval_models = (args.model or eval_models).split(",")
+    args.train_models = (args.model or train_models).split(",")
+    from src.wavemlp_20_3 import MODELS
+
+    unknown = sorted(set(args.eval_models + args.train_models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     return args
 
 
@@ -85,14 +121,15 @@ def configs(args):
     parts = args.only.split(",")
     out = []
     if "eval" in parts:
-        for model in args.models.split(","):
+        for model in args.eval_models:
             for batch in [int(b) for b in args.batches.split(",")]:
                 for path in args.paths.split(","):
-                    out.append({"kind": "eval", "model": model, "batch": batch, "size": 224, "path": path})
+                    out.append({"kind": "eval", "model": model, "batch": batch,
+                                "size": 28 if is_small(model) else 224, "path": path})
     if "train" in parts:
-        for model in args.train_models.split(","):
+        for model in args.train_models:
             small = is_small(model)
-            for path in ("upstream", "fast", "float"):
+            for path in TRAIN_PATHS:
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
                             "size": 28 if small else 224, "path": path})
     if "data" in parts:
@@ -111,10 +148,10 @@ def available_gb():
 def too_big(cfg, max_gb):
     if cfg["kind"] == "data":
         return None
-    path = "upstream" if cfg["path"] == "upstream" else "fast"
+    path = ESTIMATED_LIKE.get(cfg["path"], cfg["path"])
     if cfg["kind"] == "train":  # backward keeps every activation, whichever path
         path = "upstream"
-    slope = GB_PER_IMAGE.get((cfg["model"], path), 0.0)
+    slope = GB_PER_IMAGE.get((cfg["model"], path), GB_PER_IMAGE.get((cfg["model"], "fast"), 0.0))
     need = BASE_GB + slope * cfg["batch"]
     if path == "upstream" and need > max_gb:
         return f"skipped: needs ~{need:.0f} GB"
@@ -129,22 +166,35 @@ def peak_rss_gb():
 
 def timed(step, min_seconds, warmup=1):
     """Seconds per call of step(): `warmup` untimed calls (the first compiles), then >= 1 call and
-    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls)."""
+    >= min_seconds. Returns (seconds per call, seconds of the warm-up calls, timed calls, CPU
+    seconds per call). The CPU seconds (all threads) hardly depend on what else runs on the
+    machine, so they compare paths even on a busy one; the wall seconds need it alone."""
     start = time.perf_counter()
     for _ in range(warmup):
         step()
     compile_s = time.perf_counter() - start
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while calls == 0 or time.perf_counter() - start < min_seconds:
         step()
         calls += 1
-    return (time.perf_counter() - start) / calls, compile_s, calls
+    return (time.perf_counter() - start) / calls, compile_s, calls, (time.process_time() - cpu_start) / calls
 
 
 def build(cfg):
     from src.wavemlp_20_3 import create_model
 
-    return create_model(cfg["model"], **PATHS[cfg["path"]])
+    path = THREAD_SETTINGS[cfg["path"]][0] if cfg["path"] in THREAD_SETTINGS else cfg["path"]
+    return create_model(cfg["model"], **PATHS[path])
+
+
+def apply_thread_settings(path):
+    import mindspore as ms
+
+    settings = THREAD_SETTINGS.get(path, (None, {}))[1]
+    if "runtime_num_threads" in settings:
+        ms.set_context(runtime_num_threads=settings["runtime_num_threads"])
+    if settings.get("cpu_affinity"):
+        ms.runtime.set_cpu_affinity(True)
 
 
 def run_eval(cfg):
@@ -153,10 +203,11 @@ def run_eval(cfg):
 
     net = build(cfg)
     net.set_train(False)
-    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]))
+    channels = net.patch_embed.proj.weight.shape[1]
+    x = ms.Tensor(np.random.RandomState(0).standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"]))
                   .astype(np.float32))
-    step_s, compile_s, calls = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: net(x).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def run_train(cfg):
@@ -174,8 +225,8 @@ def run_train(cfg):
     rng = np.random.RandomState(0)
     x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, cfg["size"], cfg["size"])).astype(np.float32))
     y = ms.Tensor(rng.randint(0, classes, cfg["batch"]).astype(np.int32))
-    step_s, compile_s, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
-    return {"step_s": step_s, "compile_s": compile_s, "calls": calls}
+    step_s, compile_s, calls, cpu_s = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"])
+    return {"step_s": step_s, "compile_s": compile_s, "calls": calls, "cpu_s": cpu_s}
 
 
 def write_jpegs(folder, count):
@@ -209,6 +260,7 @@ def worker(cfg):
     from src.context import setup_device
 
     setup_device("CPU", 0, "graph")
+    apply_thread_settings(cfg.get("path"))
     result = {"eval": run_eval, "train": run_train, "data": run_data}[cfg["kind"]](cfg)
     result["img_s"] = cfg["batch"] / result["step_s"]
     result["peak_rss_gb"] = peak_rss_gb()
@@ -218,7 +270,8 @@ def worker(cfg):
 
 def run_worker(cfg):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **PATH_ENVIRONMENT.get(cfg.get("path"), {})})
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -248,14 +301,23 @@ def machine():
     return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "mindspore": ms.__version__,
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "AVX2 (set by src/context.py)"),
+            "kernel_threads": os.environ.get("BIMLP_KERNEL_THREADS", "one per core"),
             "load_start": os.getloadavg()[0]}
 
 
-def speedup(row, rows):
-    """This row's img/s over the upstream path's for the same model, batch and kind."""
+def baseline(row):
+    """What a row's speed is compared with: eval, the upstream-style network; training, the same
+    network on MindSpore's own operators (fast, or float for the float twin)."""
+    if row["kind"] == "eval":
+        return "upstream"
+    return "float" if row["path"].startswith("float") else "fast"
+
+
+def speedup(row, rows, path=None):
+    """This row's img/s over the `path` (default: its baseline) row's for the same model, batch and kind."""
     for other in rows:
         if (other["kind"], other.get("model"), other["batch"], other.get("path")) == \
-                (row["kind"], row.get("model"), row["batch"], "upstream") and "img_s" in other:
+                (row["kind"], row.get("model"), row["batch"], path or baseline(row)) and "img_s" in other:
             return row["img_s"] / other["img_s"]
     return None
 
@@ -267,22 +329,26 @@ def fmt(value, spec):
 def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
+             f"fused kernels' threads: {meta.get('kernel_threads', 'one per core')}, "
              f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
-    for kind, title in (("eval", "Eval forward, random 224x224 inputs"),
+    for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
         chosen = [r for r in rows if r["kind"] == kind]
         if not chosen:
             continue
         lines += [f"**{title}**", "",
-                  "| model | input | batch | path | img/s | x upstream | peak RSS GB | GB/img | compile s | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
+                  "| x fused_1thread | CPU s/step | peak RSS GB | GB/img | compile s | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
-                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | {r['peak_rss_gb']:.2f} | "
+                + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | "
+                   f"{fmt(speedup(r, rows, 'fused_1thread'), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
+                   f"{r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
-                   else f"{r['error']} | | | | | |"))
+                   else f"{r['error']} | | | | | | | |"))
         lines.append("")
     for r in rows:
         if r["kind"] == "data":

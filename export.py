@@ -1,6 +1,6 @@
 """Export a trained BiMLP to MINDIR, ONNX or AIR for inference.
 
-    python export.py --checkpoint_path bimlp_s.ckpt --checkpoint_nm BiMLP_S --file_format MINDIR
+    python export.py --checkpoint_path bimlp_s.ckpt --model BiMLP_S --file_format MINDIR
 
 The exported graph is the eval-mode network with the binary weights folded: each
 binary QuanConv carries wb = sign(W) * scale instead of the latent W, so the graph
@@ -14,7 +14,7 @@ Format support with MindSpore 2.10 (CPU):
   elementary operators; and asymmetric conv paddings, which MindSpore writes in
   the wrong order, are fixed in the written file. onnxruntime agrees with the
   Cell to float rounding; a binary network can turn that into larger logit
-  differences (see README).
+  differences (see docs/deployment.md).
 - AIR: needs the Ascend backend (--platform Ascend).
 """
 import argparse
@@ -28,11 +28,11 @@ from mindspore import Tensor, ops
 import src.wavemlp_20_3 as wavemlp
 from src.checkpoint import load_weights
 from src.config import parse_bool
-from src.context import UserError, default_device_id, run_cli, setup_device
+from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
 from src.dataset import check_image_size
 from src.files import atomic_write, check_output_file
 from src.quan_conv import Identity, QuanConv
-from src.wavemlp_20_3 import MODELS, create_model, default_image_size
+from src.wavemlp_20_3 import create_model, default_image_size
 
 FORMATS = ("MINDIR", "AIR", "ONNX")
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
@@ -42,7 +42,7 @@ UNSUPPORTED_OPERATOR = re.compile(r"Can not find key (\w+) in convert map")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint_path", required=True)
-    parser.add_argument("--checkpoint_nm", default="BiMLP_S", choices=sorted(MODELS), help="model variant")
+    add_model_argument(parser, "BiMLP_S")
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS)
     parser.add_argument("--batch_size", type=int, default=1, help="fixed batch size of the exported graph")
     parser.add_argument("--image_size", type=int, default=None,
@@ -66,7 +66,7 @@ def check_args(args):
     if args.file_format == "AIR" and args.platform != "Ascend":
         raise UserError("AIR export needs the Ascend backend: MindSpore writes AIR only with --platform Ascend; "
                         "use --file_format MINDIR or ONNX here")
-    check_output_file(output_path(args.file_name or args.checkpoint_nm.lower(), args.file_format), "--file_name")
+    check_output_file(output_path(args.file_name or args.model.lower(), args.file_format), "--file_name")
 
 
 def output_path(file_name, file_format):
@@ -202,12 +202,12 @@ def main(argv=None):
     # Eager mode folds the weights op by op; ms.export compiles the graph itself.
     setup_device(args.platform, args.device_id, mode="pynative")
     # The fast path's BiasAdd exports to ONNX as an Add that broadcasts over the wrong axis.
-    net = build_network(args.checkpoint_nm, args.checkpoint_path, args.num_classes,
+    net = build_network(args.model, args.checkpoint_path, args.num_classes,
                         fast=args.file_format != "ONNX", binary=args.binary)
-    size = args.image_size or default_image_size(args.checkpoint_nm)
+    size = args.image_size or default_image_size(args.model)
     inputs = Tensor(np.zeros((args.batch_size, net.patch_embed.proj.in_channels, size, size), np.float32))
-    path = export_network(net, inputs, args.file_name or args.checkpoint_nm.lower(), args.file_format)
-    print(f"exported {args.checkpoint_nm} ({args.batch_size}x{inputs.shape[1]}x{size}x{size} -> "
+    path = export_network(net, inputs, args.file_name or args.model.lower(), args.file_format)
+    print(f"exported {args.model} ({args.batch_size}x{inputs.shape[1]}x{size}x{size} -> "
           f"{net.num_classes} classes) to {path}")
 
 

@@ -24,11 +24,11 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.checkpoint import (BINARY_MARKER, STATE_PREFIX, load_weights, read_checkpoint, recorded_binary,
-                            save_checkpoint)
+from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_binary,
+                            recorded_class_names, save_checkpoint)
 from src.config import add_arguments, load_config, save_config
-from src.context import UserError, run_cli, set_interrupt_note, setup_device
-from src.dataset import DEFAULT_IMAGE_SIZE, count_images, create_dataset, num_classes_of
+from src.context import UserError, default_device_id, run_cli, set_interrupt_note, setup_device
+from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
 from src.evaluation import evaluate, format_duration
 from src.files import write_text
 from src.optim import create_optimizer, lr_schedule
@@ -106,22 +106,53 @@ def init_distributed(config):
     return get_rank(), world
 
 
-def train_data(config, epoch, rank, world):
+def train_data(config, epoch, rank, world, classes):
     """The epoch's shuffled batches; seeding by epoch makes a resumed run see what an unbroken one would."""
     ds.config.set_seed(config["seed"] * 1000 + epoch)
     dataset = create_dataset(config["dataset"], split_path(config, "train"), "train", config["batch_size"],
                              config["image_size"], num_shards=world if world > 1 else None,
-                             shard_id=rank if world > 1 else None, num_workers=config["num_workers"])
+                             shard_id=rank if world > 1 else None, num_workers=config["num_workers"],
+                             classes=classes)
     if config["steps_per_epoch"]:
         dataset = dataset.take(int(config["steps_per_epoch"]))
     return dataset
 
 
-def build_teacher(config, num_classes):
+def training_classes(config):
+    """Label -> class name: the class folders of train/ (imagefolder), or the dataset's fixed classes."""
+    classes = class_names(config["dataset"], split_path(config, "train"))
+    if config["num_classes"] and config["num_classes"] < len(classes):
+        raise UserError(f"num_classes {config['num_classes']} is fewer than the {len(classes)} classes of "
+                        f"{split_path(config, 'train')}")
+    return classes
+
+
+def check_classes(saved, classes, path, config):
+    """A checkpoint that records other classes than the training set's would silently relabel them."""
+    recorded = recorded_class_names(saved)
+    if recorded is not None and recorded != list(classes):
+        raise UserError(f"{path} was trained on other classes ({short_list(recorded)}) than "
+                        f"{split_path(config, 'train')} holds ({short_list(classes)})")
+
+
+def use_training_kernels(config):
+    """--fused: the fused training kernels on CPU by default when they build; true insists."""
+    from src import fused
+
+    if config["fused"] is None:
+        return config["platform"] == "CPU" and fused.available()
+    if config["fused"] and not (config["platform"] == "CPU" and fused.available()):
+        raise UserError("--fused true needs --platform CPU and a working C++ compiler (g++); "
+                        "use --fused false for MindSpore's operators")
+    return config["fused"]
+
+
+def build_teacher(config, num_classes, classes):
     if not config["teacher_checkpoint"]:
         return None
     teacher = create_model(config["model"], num_classes=num_classes, binary=False)
-    load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)", teacher=True)
+    saved = load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)", teacher=True)
+    check_classes(saved, classes, config["teacher_checkpoint"], config)
     teacher.update_parameters_name("teacher.")  # distinct from the student's names in one graph
     for param in teacher.get_parameters():
         param.requires_grad = False
@@ -141,21 +172,21 @@ def state_parameters(net, optimizer):
     return params
 
 
-def save_state(path, params, epoch, best_top1, binary):
+def save_state(path, params, epoch, best_top1, records):
     entries = [{"name": name, "data": p} for name, p in params.items()]
     save_checkpoint(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
-                                                f"{STATE_PREFIX}best_top1": float(best_top1),
-                                                BINARY_MARKER: int(binary)})
+                                                f"{STATE_PREFIX}best_top1": float(best_top1), **records})
 
 
-def restore_state(path, params, binary):
+def restore_state(path, params, classes, config):
     """Load weights and optimizer state; returns (epochs done, best top-1)."""
     saved = read_checkpoint(path)
-    trained_binary = recorded_binary(saved)
+    trained_binary, binary = recorded_binary(saved), config["binary"]
     if trained_binary is not None and trained_binary != binary:
         kind = {True: "binary", False: "float"}
         raise UserError(f"{path} holds a {kind[trained_binary]} network but this run trains a {kind[binary]} one: "
                         f"resume with the run's own setting (--binary {str(trained_binary).lower()})")
+    check_classes(saved, classes, path, config)
     missing = sorted(set(params) - set(saved))
     if missing or f"{STATE_PREFIX}epoch" not in saved:
         raise UserError(f"{path} is not a train.py checkpoint of this configuration "
@@ -247,21 +278,26 @@ def main(argv=None):
     out = config["output_dir"]
     check_output_dir(out, config["resume"], overwrite)
     resume = resume_path(config)
-    setup_device(config["platform"], config["device_id"], config["mode"])
+    # Under msrun every worker has its own device: DEVICE_ID, its rank on this node. --device_id is for one.
+    device_id = default_device_id() if config["distribute"] else config["device_id"]
+    setup_device(config["platform"], device_id, config["mode"])
     rank, world = init_distributed(config)
     ms.set_seed(config["seed"])
-    num_classes = config["num_classes"] or num_classes_of(config["dataset"], split_path(config, "val"))
+    classes = training_classes(config)
+    num_classes = config["num_classes"] or len(classes)
+    # Validation folders are labelled by the training set's class names, so they must be among them.
+    val_images = count_images(config["dataset"], split_path(config, "val"), "val", classes,
+                              split_path(config, "train"))
     config["num_classes"] = num_classes
-    val_images = count_images(config["dataset"], split_path(config, "val"), "val")
 
-    # fused=None: the per-epoch validation runs the fused CPU kernels when it can (eval mode only).
+    # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
-                       binary=config["binary"], fused=None)
-    steps_per_epoch = train_data(config, 1, rank, world).get_dataset_size()
+                       binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
+    steps_per_epoch = train_data(config, 1, rank, world, classes).get_dataset_size()
     schedule = lr_schedule(config["lr"], config["min_lr"], config["warmup_epochs"], config["epochs"],
                            steps_per_epoch)
     optimizer = create_optimizer(net, config, schedule)
-    teacher = build_teacher(config, num_classes)
+    teacher = build_teacher(config, num_classes, classes)
     loss_cell = TrainLoss(net, config["label_smoothing"], teacher, config["distill_alpha"],
                           config["distill_temperature"])
     step_cell = nn.TrainOneStepCell(loss_cell, optimizer)
@@ -269,7 +305,7 @@ def main(argv=None):
     params = state_parameters(net, optimizer)
     epochs_done, best = 0, -1.0
     if resume:
-        epochs_done, best = restore_state(resume, params, config["binary"])
+        epochs_done, best = restore_state(resume, params, classes, config)
 
     # Everything is checked: from here on the run writes to output_dir, which it holds until it ends.
     if rank == 0:
@@ -282,7 +318,8 @@ def main(argv=None):
     if rank == 0:
         print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
-              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}",
+              f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}, "
+              f"{'fused CPU training kernels' if net.fused_training else 'MindSpore operators'}",
               flush=True)
     run_start = time.time()
     last_path = os.path.join(out, "last.ckpt")
@@ -291,8 +328,9 @@ def main(argv=None):
         if teacher is not None:
             teacher.set_train(False)
         try:
-            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world), epoch, config,
-                                              schedule, rank, run_start, digest_images=world > 1)
+            loss, rate, seconds, digest = train_epoch(step_cell, train_data(config, epoch, rank, world, classes),
+                                                      epoch, config, schedule, rank, run_start,
+                                                      digest_images=world > 1)
         except TrainingDiverged as err:
             kept = last_path if os.path.isfile(last_path) else "none yet"
             raise UserError(f"{err}: training stopped. Last good checkpoint: {kept}. "
@@ -302,14 +340,15 @@ def main(argv=None):
             continue
         net.set_train(False)
         val = evaluate(net, create_dataset(config["dataset"], split_path(config, "val"), "val",
-                                           config["batch_size"], config["image_size"]),
+                                           config["batch_size"], config["image_size"], classes=classes,
+                                           classes_from=split_path(config, "train")),
                        split_path(config, "val"), val_images, num_classes, pad_batches=config["mode"] == "graph")
         best_now = val["acc"] > best
         best = max(best, val["acc"])
         # The log row comes last: the log never lists an epoch that no checkpoint holds.
-        save_state(last_path, params, epoch, best, net.binary)
+        save_state(last_path, params, epoch, best, model_records(net.binary, classes))
         if best_now:
-            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict={BINARY_MARKER: int(net.binary)})
+            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes))
         lr_now = float(schedule[epoch * steps_per_epoch - 1])
         append_log(os.path.join(out, "log.csv"), {
             "epoch": epoch, "train_loss": f"{loss:.5f}", "val_top1": f"{val['acc']:.5f}",

@@ -102,7 +102,7 @@ def worker(cfg):
     x = ms.Tensor(rng.standard_normal((cfg["batch"], channels, size, size)).astype(np.float32))
     y = ms.Tensor(rng.randint(0, net.num_classes, cfg["batch"]).astype(np.int32))
     # Two warm-up steps: compilation, then the first run of the compiled graph.
-    step_s, _, calls = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"], warmup=2)
+    step_s, _, calls, _ = timed(lambda: step(x, y).asnumpy(), cfg["min_seconds"], warmup=2)
     print(RESULT_TAG + json.dumps({"rank": rank, "img_s": cfg["batch"] * world / step_s, "steps": calls}),
           flush=True)
 

@@ -32,4 +32,4 @@ if [ -z "${PYTHON:-}" ]; then
     [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
 fi
 "$PYTHON" eval.py --platform "$platform" --dataset_path "$DATASET_PATH" \
-    --checkpoint_path "$CHECKPOINT_PATH" --checkpoint_nm "$MODEL" "$@" 2>&1 | tee "$EVAL_LOG"
+    --checkpoint_path "$CHECKPOINT_PATH" --model "$MODEL" "$@" 2>&1 | tee "$EVAL_LOG"

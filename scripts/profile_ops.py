@@ -1,7 +1,7 @@
 """Where an eval forward or a train step spends its time: MindSpore's profiler, summed by operator kind.
 
-    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--size 224]
-    python scripts/profile_ops.py --model BiMLP_T14 --batch 128 --train [--binary false]
+    python scripts/profile_ops.py --model BiMLP_S --batch 8 [--fused false] [--engine xnor] [--size 224]
+    python scripts/profile_ops.py --model BiMLP_T14 --batch 128 --train [--binary false] [--fused false]
 
 Runs one warm-up call (compilation), then profiles one call on random inputs and prints
 each operator kind's share of the operator time. Convolutions are split into the grouped
@@ -61,17 +61,20 @@ def build_call(args, net, x):
 def main():
     from src.config import parse_bool
     from src.context import run_cli, setup_device
+    from src.wavemlp_20_3 import MODELS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="BiMLP_S")
+    parser.add_argument("--model", default="BiMLP_S", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, help="input height = width (default: the variant's data, 224 or 28)")
     parser.add_argument("--train", action="store_true", help="profile a train step instead of an eval forward")
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false: the float twin")
     parser.add_argument("--fused", type=parse_bool, default=None, metavar="{true,false}",
-                        help="fused CPU kernels in eval (default: when available; never in training)")
+                        help="fused CPU kernels (default: when available; in training as train.py uses them)")
     parser.add_argument("--fast", type=parse_bool, default=True, metavar="{true,false}")
+    parser.add_argument("--engine", default="exact", choices=("exact", "xnor"),
+                        help="eval engine (default: exact; xnor: binary 1x1 layers on packed bits)")
     args = parser.parse_args()
 
     def run():
@@ -81,8 +84,14 @@ def main():
 
         from src.wavemlp_20_3 import create_model, default_image_size
 
-        fused = False if args.train or not args.binary else args.fused
-        net = create_model(args.model, binary=args.binary, fast=args.fast, fused=fused)
+        from src import fused as fused_kernels
+
+        use = fused_kernels.available() if args.fused is None else args.fused
+        if args.train:
+            net = create_model(args.model, binary=args.binary, fast=args.fast, fused=False, fused_training=use)
+        else:
+            net = create_model(args.model, binary=args.binary, fast=args.fast, fused=use and args.binary,
+                               engine=args.engine)
         size = args.size or default_image_size(args.model)
         channels = net.patch_embed.proj.weight.shape[1]
         x = ms.Tensor(np.random.RandomState(0).standard_normal((args.batch, channels, size, size))
@@ -105,7 +114,8 @@ def main():
         total = sum(totals.values())
         what = "train step" if args.train else "eval forward"
         print(f"{args.model} ({'binary' if args.binary else 'float twin'}) {what}, batch {args.batch}, "
-              f"{size}x{size}, fast={args.fast}, fused={net.fused}: {args.batch / plain:.2f} img/s unprofiled; "
+              f"{size}x{size}, fast={args.fast}, fused={net.fused_training if args.train else net.fused}, "
+              f"engine={net.engine}: {args.batch / plain:.2f} img/s unprofiled; "
               f"operator time {total:.0f} ms under the profiler\n")
         print("| operator | calls | ms | share |\n|---|---:|---:|---:|")
         for kind, ms_spent in totals.most_common():

@@ -1,10 +1,11 @@
-"""Loading and saving checkpoints: strict, explicit about mismatches, atomic and CRC-checked.
+"""Loading and saving checkpoints: strict, explicit about mismatches, atomic and checked.
 
-Every checkpoint the package writes ends with MindSpore's CRC32 of its contents
-(`save_checkpoint(crc_check=True)`), verified on every load: a damaged file is an error
-instead of slightly wrong weights. Files without a CRC (other tools' checkpoints) load as
-before.
+Every .ckpt the package writes ends with MindSpore's CRC32 of its contents
+(`save_checkpoint(crc_check=True)`), and a packed file carries a SHA-256 of its own
+(src/packing.py); both are verified on every load: a damaged file is an error instead of
+slightly wrong weights. Files without a CRC (other tools' checkpoints) load as before.
 """
+import json
 import logging
 import os
 import tempfile
@@ -15,6 +16,8 @@ import mindspore as ms
 from src.context import UserError
 from src.drop_path import COUNTER as DROP_PATH_COUNTER
 from src.files import atomic_write
+from src.packing import is_packed, load_packed
+from src.pretrained import verify_shipped
 
 # MindSpore's save_checkpoint(crc_check=True) appends b"crc_num" and the CRC32 of everything
 # before it as 10 big-endian bytes.
@@ -22,11 +25,15 @@ CRC_TAG, CRC_BYTES = b"crc_num", 10
 
 
 def read_checkpoint(path):
-    """{name: Parameter} of a .ckpt file; UserError if it is missing, empty, damaged or not a checkpoint."""
+    """{name: Parameter} of a packed checkpoint (known by its content, whatever its name) or a .ckpt;
+    UserError if it is missing, empty, damaged or not a checkpoint."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
+    verify_shipped(path)
+    if is_packed(path):
+        return load_packed(path)
     verify_crc(path)
     try:
         params = _load(path)
@@ -72,7 +79,7 @@ def _listing(names, limit=8):
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def check_compatible(net, params, model_name, path, model_flag="--checkpoint_nm"):
+def check_compatible(net, params, model_name, path, model_flag="--model"):
     """Raise UserError naming missing, unexpected and mis-shaped parameters.
 
     model_flag: the command's flag that names the variant, suggested when the checkpoint looks
@@ -121,6 +128,19 @@ def guess_variant(weights, exclude=None):
 STATE_PREFIX = "train_state."
 # ...and whether the weights are a binary network or its float twin (1 or 0).
 BINARY_MARKER = f"{STATE_PREFIX}binary"
+# ...and the class name of each label, as a JSON list: eval.py and predict.py map class folders by name.
+CLASS_NAMES_RECORD = f"{STATE_PREFIX}class_names"
+
+
+def model_records(binary, class_names):
+    """The records train.py writes beside the weights of every checkpoint."""
+    return {BINARY_MARKER: int(binary), CLASS_NAMES_RECORD: json.dumps(list(class_names))}
+
+
+def recorded_class_names(params):
+    """The checkpoint's class names (label index -> name), or None if it does not record them."""
+    value = params.get(CLASS_NAMES_RECORD)
+    return None if value is None else json.loads(str(value))
 
 
 def _is_training_state(name):
@@ -137,7 +157,7 @@ def load_weights(net, path, model_name, teacher=False):
 
     teacher: net is train.py's distillation teacher (messages name no CLI flags)."""
     params = read_checkpoint(path)
-    check_compatible(net, params, model_name, path, model_flag=None if teacher else "--checkpoint_nm")
+    check_compatible(net, params, model_name, path, model_flag=None if teacher else "--model")
     check_binary(net, params, path, teacher)
     not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
                                                 if not _is_training_state(n)}, strict_load=True)

@@ -46,6 +46,7 @@ DEFAULTS = {
     "device_id": 0,
     "distribute": False,
     "mode": "graph",
+    "fused": None,                # fused CPU training kernels; None: on CPU whenever a C++ compiler works
     "seed": 1,
     "log_every": 50,              # steps between progress lines
 }
@@ -53,7 +54,7 @@ CHOICES = {"platform": PLATFORMS, "mode": ("graph", "pynative"),
            "dataset": ("imagenet", "imagefolder", "fashion_mnist")}
 # The type of the settings whose default (None: not set) does not show it.
 OPTIONAL_TYPES = {"num_classes": int, "image_size": int, "dataset_path": str, "teacher_checkpoint": str,
-                  "resume": str}
+                  "resume": str, "fused": bool}
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
 
 

@@ -156,6 +156,15 @@ def cache_dir():
     return os.path.join(base, "bimlp")
 
 
+def add_model_argument(parser, default):
+    """--model names the network variant in every command; the commands that read a checkpoint also
+    take it as --checkpoint_nm, the MindSpore model zoo's name for the same flag."""
+    from src.wavemlp_20_3 import MODELS
+
+    parser.add_argument("--model", "--checkpoint_nm", dest="model", default=default, choices=sorted(MODELS),
+                        metavar="VARIANT", help=f"network variant: {', '.join(sorted(MODELS))} (default: {default})")
+
+
 def default_device_id():
     value = os.environ.get("DEVICE_ID", "0")
     if not value.isdigit():

@@ -9,6 +9,7 @@ bit-identical pixels (same libjpeg), but the C++ decoder kills the whole process
 with SIGFPE on some truncated JPEGs, while PIL raises an error that we can turn
 into a message naming the file.
 """
+import functools
 import gzip
 import hashlib
 import io
@@ -34,7 +35,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_IMAGE_SIZE = {"imagenet": 224, "imagefolder": 224, "fashion_mnist": 28}
 # The smallest input side the scripts accept: below it BiMLP's last stages see one-pixel maps.
 MIN_IMAGE_SIZE = 16
-IMAGENET_CLASSES = 1000
+# ImageNet-1k's synsets in canonical order with their names (origin: see the file's header).
+IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
 # The eval resize keeps the crop at 87.5% of the shorter side: 224 -> 256.
 CROP_RATIO = 0.875
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -52,14 +54,22 @@ FASHION_MNIST_STD = [0.3530 * 255]
 
 # Marks our decoder's failures inside MindSpore's pipeline error text.
 UNREADABLE = "unreadable image"
+# The value range of each PIL mode with more than 8 bits per pixel: I;16 (16-bit PNG and TIFF; also
+# I;16B, I;16L...) and I (32-bit integers, how older Pillow and TIFF give 16-bit pixels) span the
+# 16-bit range, F (float TIFF) spans 0..1. Each is scaled to 0..255 (I;16: divided by 257).
+HIGH_DEPTH_RANGE = {"I": (0, 65535), "F": (0.0, 1.0)}
 
 
 def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
-                   num_shards=None, shard_id=None, num_workers=None):
+                   num_shards=None, shard_id=None, num_workers=None, classes=None, classes_from=None):
     """A batched dataset of (image float32 CHW, label int32).
 
-    name: imagenet (an ImageNet folder: 1000 class folders), imagefolder (any
-    number of class folders) or fashion_mnist (path defaults to FASHION_MNIST_DIR).
+    name: imagenet (class folders named by ImageNet-1k synset, any subset of the 1000,
+    labelled by their canonical index), imagefolder (any class folders, labelled in
+    sorted order) or fashion_mnist (path defaults to FASHION_MNIST_DIR).
+    classes: label index -> class name, as recorded in a checkpoint or read from the
+    training set (classes_from names the source for messages): class folders are then
+    labelled by their index there, and a folder not in it is an error.
     split: "val" (no shuffle, no augmentation, keeps the last partial batch) or
     "train" (shuffled, augmented, drops the last partial batch).
     num_shards/shard_id: read one shard for distributed training. MindSpore pads
@@ -75,13 +85,14 @@ def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
     workers = num_workers or default_workers(name)
     training = split == "train"
     if name == "fashion_mnist":
+        _check_fashion_mnist_classes(classes, classes_from)
         source = ds.FashionMnistDataset(fashion_mnist_folder(path or FASHION_MNIST_DIR),
                                         usage="train" if training else "test", shuffle=training,
                                         num_shards=num_shards, shard_id=shard_id,
                                         num_parallel_workers=workers)
     else:
         source = ds.ImageFolderDataset(path, shuffle=training, extensions=_extensions_in(path),
-                                       class_indexing=_class_indexing(name, path),
+                                       class_indexing=folder_labels(name, path, classes, classes_from),
                                        num_shards=num_shards, shard_id=shard_id,
                                        num_parallel_workers=workers)
     dataset = source.map(image_transforms(name, split, image_size), input_columns="image",
@@ -130,12 +141,42 @@ def resize_size(image_size):
 
 
 def decode_rgb(raw):
-    """Encoded image bytes -> HWC uint8 RGB; grayscale, CMYK, palette and alpha images are converted."""
+    """Encoded image bytes -> HWC uint8 RGB, as decode_image."""
     try:
-        with Image.open(io.BytesIO(raw.tobytes())) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        return decode_image(io.BytesIO(raw.tobytes()), "RGB")
+    except UserError as err:
         raise ValueError(f"{UNREADABLE}: {err}") from None
+
+
+def decode_image(source, mode="RGB"):
+    """An image file (path or file object) -> HWC uint8 pixels in PIL mode "RGB" or "L".
+
+    The one decoder of the package: the data pipelines and predict.py read images through it.
+    Grayscale, CMYK, palette and alpha images are converted; 16-bit and float pixels are
+    first scaled to 8 bits by the range of their type (see to_8bit).
+    """
+    try:
+        with Image.open(source) as image:
+            return np.asarray(to_8bit(image).convert(mode))
+    except UserError:
+        raise
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise UserError(str(err)) from None
+
+
+def to_8bit(image):
+    """A PIL image with 8-bit channels. PIL's own convert() clips 16-bit and 32-bit pixels at 255
+    (a 16-bit photo turns almost white) and maps float pixels in 0..1 to black."""
+    mode = image.mode.split(";")[0]
+    if mode not in HIGH_DEPTH_RANGE:
+        return image
+    low, high = HIGH_DEPTH_RANGE[mode]
+    pixels = np.asarray(image, np.float64)
+    if pixels.size and (pixels.min() < low or pixels.max() > high):
+        raise UserError(f"{image.mode} pixels from {pixels.min():g} to {pixels.max():g} lie outside "
+                        f"{low:g}..{high:g}, the range this package reads {image.mode} images in; "
+                        f"save the image with 8 or 16 bits per channel")
+    return Image.fromarray(np.round(pixels * (255.0 / high)).astype(np.uint8), "L")
 
 
 def preprocess_image_file(file, name="imagenet", image_size=None):
@@ -143,9 +184,8 @@ def preprocess_image_file(file, name="imagenet", image_size=None):
     if not os.path.isfile(file):
         raise UserError(f"image not found: {file}")
     try:
-        with Image.open(file) as image:
-            pixels = np.asarray(image.convert("L" if name == "fashion_mnist" else "RGB"))
-    except Exception as err:  # as in decode_rgb
+        pixels = decode_image(file, "L" if name == "fashion_mnist" else "RGB")
+    except UserError as err:
         raise UserError(f"cannot decode {file}: {err}") from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -177,34 +217,49 @@ def pipeline_error(err, path=None):
 
 
 def class_names(name, path=None):
-    """Label index -> class name: Fashion-MNIST's names, or the sorted class folder names."""
+    """Label index -> class name: Fashion-MNIST's names, ImageNet-1k's 1000 synsets in canonical
+    order, or the sorted class folders of an imagefolder path."""
     if name == "fashion_mnist":
         return list(FASHION_MNIST_CLASSES)
     _check_choice("dataset", name, DATASETS)
-    return list(_class_indexing(name, path))
+    if name == "imagenet":
+        return list(imagenet_classes())
+    return _class_folders(path)
 
 
 def num_classes_of(name, path=None):
-    """10 for fashion_mnist, the number of class folders for imagefolder, 1000 for imagenet.
+    """10 for fashion_mnist, 1000 for imagenet, the number of class folders for imagefolder.
 
-    With a path, an imagenet folder is checked to hold 1000 class folders.
+    With a path, the folder is checked: an imagenet folder must hold only synset folders.
     """
-    if name == "fashion_mnist":
-        return len(FASHION_MNIST_CLASSES)
-    _check_choice("dataset", name, DATASETS)
-    if name == "imagenet" and path is None:
-        return IMAGENET_CLASSES
-    return len(_class_indexing(name, path))
+    if path is not None and name != "fashion_mnist":
+        folder_labels(name, path)
+    return len(class_names(name, path))
 
 
-def count_images(name, path=None, split="val"):
+@functools.lru_cache(maxsize=None)
+def imagenet_classes():
+    """{synset: name} of the ImageNet-1k classes, in canonical order (the sorted synsets)."""
+    with open(IMAGENET_CLASSES_FILE, encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    return {synset: label for synset, label in rows}
+
+
+def readable_class_names(names):
+    """Class names for people: ImageNet synsets become their names ("n01440764" -> "tench, Tinca tinca")."""
+    known = imagenet_classes()
+    return [known.get(name, name) for name in names]
+
+
+def count_images(name, path=None, split="val", classes=None, classes_from=None):
     """How many images one epoch of the (unsharded) split holds."""
     _check_choice("split", split, SPLITS)
     if name == "fashion_mnist":
+        _check_fashion_mnist_classes(classes, classes_from)
         return ds.FashionMnistDataset(fashion_mnist_folder(path or FASHION_MNIST_DIR),
                                       usage="train" if split == "train" else "test").get_dataset_size()
     _check_choice("dataset", name, DATASETS)
-    folders = _class_indexing(name, path)
+    folders = folder_labels(name, path, classes, classes_from)
     return sum(len(_image_files(os.path.join(path, folder))) for folder in folders)
 
 
@@ -233,15 +288,42 @@ def _class_folders(path):
     return folders
 
 
-def _class_indexing(name, path):
-    """Folder name -> label, in sorted order; checks that the folder holds images."""
+def folder_labels(name, path, classes=None, classes_from=None):
+    """Class folder -> label: its index in `classes` (default: class_names(name, path)).
+
+    Labels follow class names, never folder positions: a folder holding some of the classes
+    still gets each class's own label. A folder that is not among the classes is an error.
+    """
     folders = _class_folders(path)
-    if name == "imagenet" and len(folders) != IMAGENET_CLASSES:
-        raise UserError(f"{path} has {len(folders)} class folders, ImageNet has {IMAGENET_CLASSES}; "
-                        f"use --dataset imagefolder for other folders")
+    if classes is None:
+        classes = class_names(name, path)
+    index = {class_name: label for label, class_name in enumerate(classes)}
+    unknown = [folder for folder in folders if folder not in index]
+    if unknown:
+        raise UserError(_unknown_folders_message(name, path, unknown, classes, classes_from))
     if not any(_image_files(os.path.join(path, folder)) for folder in folders):
         raise UserError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the class folders of {path}")
-    return {folder: index for index, folder in enumerate(folders)}
+    return {folder: index[folder] for folder in folders}
+
+
+def _unknown_folders_message(name, path, unknown, classes, classes_from):
+    if classes_from is None and name == "imagenet":
+        return (f"{path} has {len(unknown)} class folders that are not ImageNet-1k synsets ({short_list(unknown)}); "
+                f"ImageNet class folders are named like n01440764: use --dataset imagefolder for other folders")
+    return (f"{path}: class folders {short_list(unknown)} are not among the {len(classes)} classes of "
+            f"{classes_from or 'the dataset'} ({short_list(classes)})")
+
+
+def _check_fashion_mnist_classes(classes, classes_from):
+    if classes is not None and list(classes) != list(FASHION_MNIST_CLASSES):
+        raise UserError(f"Fashion-MNIST's classes are {', '.join(FASHION_MNIST_CLASSES)}, but "
+                        f"{classes_from or 'the model'} has {short_list(classes)}")
+
+
+def short_list(names, limit=6):
+    """The names joined by commas; past `limit` of them, the first few and the count."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _extensions_in(path):

@@ -46,6 +46,14 @@ def write_text(path, text):
     return atomic_write(path, write)
 
 
+def write_bytes(path, data):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
 def save_figure(fig, path, **options):
     """A matplotlib figure, its format from path's extension."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, **options), suffix=os.path.splitext(path)[1])

@@ -1,12 +1,15 @@
-"""Fused CPU kernels for BiMLP inference, as MindSpore "aot" custom operators.
+"""Fused CPU kernels for BiMLP, as MindSpore "aot" custom operators: inference and training.
 
 MindSpore 2.10 on CPU runs every element-wise operator as its own pass over memory,
 and a BiMLP forward is mostly such chains (bias, batch norm, add, PReLU, bias,
 binarize). `src/fused_cpu.cc` does each chain in one pass with the same float32
-operations in the same order, so logits stay bit-identical. The library is compiled
-with the system C++ compiler on first use and cached; without a compiler the
-network simply runs its unfused operators.
+operations in the same order, so logits stay bit-identical; `src/xnor_cpu.cc` has the
+xnor engine's binary convolutions on packed bits. The kernels split their work across
+the cores (`src/cpu_threads.h`). One library is compiled from these sources with the
+system C++ compiler on first use and cached; without a compiler the network simply runs
+its unfused operators.
 """
+import ctypes
 import hashlib
 import os
 import platform
@@ -14,16 +17,20 @@ import shutil
 import subprocess
 import warnings
 
+import mindspore as ms
+from mindspore import dtype as mstype
 from mindspore import nn, ops
 
 from src.context import UserError, cache_dir
 from src.files import atomic_write
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_cpu.cc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc", "xnor_cpu.cc")]
+HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.h")]
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread"]
 
 _library = {}
 
@@ -45,26 +52,31 @@ def library_path():
     if compiler is None:
         warnings.warn("no C++ compiler found (install g++): BiMLP runs without its fused CPU kernels")
         return None
-    with open(SOURCE, "rb") as f:
-        # -march=native: the cache (maybe a shared home directory) holds one build per CPU model.
-        key = f.read() + " ".join([compiler, *FLAGS, _cpu_model()]).encode()
+    key = b"".join(_read(source) for source in SOURCES + HEADERS)
+    # -march=native: the cache (maybe a shared home directory) holds one build per CPU model.
+    key += " ".join([compiler, *FLAGS, _cpu_model()]).encode()
     digest = hashlib.sha1(key).hexdigest()[:12]
     target = os.path.join(cache_dir(), f"fused_cpu_{digest}.so")
     if not os.path.isfile(target):
         error = _compile(compiler, target)
         if error is not None:
-            warnings.warn(f"compiling {SOURCE} with {compiler} failed, BiMLP runs without its fused CPU "
+            warnings.warn(f"compiling {' '.join(SOURCES)} with {compiler} failed, BiMLP runs without its fused CPU "
                           f"kernels:\n{error}")
             return None
     _library["path"] = target
     return target
 
 
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _compile(compiler, target):
     """Build the library at target; the error text if that fails, else None."""
 
     def build(tmp):
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
         if result.returncode:
             raise CompileError(result.stderr.strip())
 
@@ -88,6 +100,13 @@ def available():
     return ms.get_context("device_target") == "CPU" and library_path() is not None
 
 
+def kernel_calls():
+    """How many inference and training kernels have run in this process (the path taken)."""
+    library = ctypes.CDLL(library_path())
+    library.BimlpKernelCalls.restype = ctypes.c_int64
+    return {"inference": library.BimlpKernelCalls(0), "training": library.BimlpKernelCalls(1)}
+
+
 def _same_shape(*shapes):
     return shapes[0]
 
@@ -107,6 +126,18 @@ def _same_shape_twice(*shapes):
 
 def _dtype_twice(*dtypes):
     return dtypes[0], dtypes[0]
+
+
+def _one_value(*shapes):
+    return (1,)
+
+
+def _float32(*dtypes):
+    return mstype.float32
+
+
+def _xnor_conv_shape(x, bias, bits, scale):
+    return x[0], bits[0], x[2], x[3]
 
 
 def _kernel(name, out_shape=_same_shape, out_dtype=_same_dtype):
@@ -134,8 +165,171 @@ class Kernels(nn.Cell):
         self.wave_mix = _kernel("WaveMix")
         self.pool4 = _kernel("Pool4", _halved_map)
         self.group_norm = _kernel("GroupNorm1")
+        self.weights_unchanged = _kernel("WeightsUnchanged", _one_value, _float32)
+        self.xnor_conv1x1 = _kernel("XnorConv1x1", _xnor_conv_shape, _same_dtype)
 
 
 def bn_act_params(bn, act):
     """The parameters BnAct* kernels take for bn followed by the RPReLU act, in order."""
     return (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, act.move1.bias, act.act.w, act.move2.bias)
+
+
+def _kernel_with_grad(name, out_shape, out_dtype, bprop):
+    return ops.Custom(f"{library_path()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
+                      bprop=bprop)
+
+
+def _floats(count):
+    return lambda *dtypes: (dtypes[0],) * count
+
+
+def _channels_of(*shapes):
+    return (shapes[0][1],)
+
+
+def _bn_act_outputs(*shapes):
+    return shapes[0], _channels_of(*shapes), _channels_of(*shapes)
+
+
+def _phase_outputs(*shapes):
+    n, c, h, w = shapes[0]
+    return (n, 2 * c, h, w), shapes[0], shapes[0], shapes[0]
+
+
+def _pool4_outputs(*shapes):
+    n, c, h, w = shapes[0]
+    return (n, c, (h + 1) // 2, (w + 1) // 2), (n, c, 4, ((h + 1) // 2) * ((w + 1) // 2))
+
+
+class TrainKernels(nn.Cell):
+    """Fused training operators with their hand-written gradients (fused_train.cc).
+
+    Each forward is an aot Custom operator whose `bprop` calls the matching *Grad operator,
+    so MindSpore's autodiff runs two C++ passes where the unfused chain runs 10-40 operators.
+    """
+
+    def __init__(self):
+        super().__init__()
+        bn_act_grad = _kernel("BnActTrainGrad", lambda *s: (s[0],) + (_channels_of(*s),) * 5, _floats(6))
+        bn_act_add_grad = _kernel("BnActAddTrainGrad", lambda *s: (s[0], s[0]) + (_channels_of(*s),) * 5, _floats(7))
+        move_grad = _kernel("MoveBinarizeTrainGrad", lambda *s: (s[0], _channels_of(*s)), _floats(2))
+        phase_grad = _kernel("PhaseMoveTrainGrad", lambda *s: (s[0], s[0], (2 * s[0][1],)), _floats(3))
+        pool4_grad = _kernel("Pool4TrainGrad", lambda *s: s[0], _same_dtype)
+        wave_mix_grad = _kernel("WaveMixTrainGrad", lambda *s: (s[0], s[0], s[0], s[3]), _floats(4))
+        mix3_grad = _kernel("Mix3TrainGrad", lambda *s: (s[0], s[0], s[0], s[3]), _floats(4))
+
+        def bn_act_bprop(a, gamma, beta, b1, w, b2, out, dout):
+            da, dgamma, dbeta, db1, dw, db2 = bn_act_grad(a, gamma, beta, b1, w, b2, out[1], out[2], dout[0])
+            return da, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
+
+        def bn_act_add_bprop(a, s, gamma, beta, b1, w, b2, out, dout):
+            da, ds, dgamma, dbeta, db1, dw, db2 = bn_act_add_grad(a, s, gamma, beta, b1, w, b2, out[1], out[2],
+                                                                  dout[0])
+            return da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
+
+        def move_bprop(x, bias, out, dout):
+            dx, dbias = move_grad(out[0], dout[0], dout[1])
+            return dx, dbias.reshape(bias.shape)
+
+        def phase_bprop(x, theta, bias, out, dout):
+            dx, dtheta, dbias = phase_grad(x, out[2], out[3], bias, dout[0], dout[1])
+            return dx, dtheta, dbias.reshape(bias.shape)
+
+        def pool4_bprop(x, out, dout):
+            return (pool4_grad(x, out[1], dout[0]),)
+
+        def wave_mix_bprop(x, a, b, c, weight, out, dout):
+            return (dout,) + wave_mix_grad(a, b, c, weight, dout)
+
+        def mix3_bprop(h, w, c, u, a, out, dout):
+            dh, dw, dc, da = mix3_grad(h, w, c, a, dout)
+            return dh, dw, dc, dout, da
+
+        self.bn_act = _kernel_with_grad("BnActTrain", _bn_act_outputs, _floats(3), bn_act_bprop)
+        self.bn_act_add = _kernel_with_grad("BnActAddTrain", _bn_act_outputs, _floats(3), bn_act_add_bprop)
+        self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
+        self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
+        self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
+        self.wave_mix = _kernel_with_grad("WaveMixTrain", _same_shape, _same_dtype, wave_mix_bprop)
+        self.mix3 = _kernel_with_grad("Mix3Train", _same_shape, _same_dtype, mix3_bprop)
+        self.line_conv = _kernel("LineConv", lambda x, w: (x[0], w[0], x[2], x[3]))
+        self.line_conv_grad = _kernel("LineConvGrad", lambda *s: (s[0], s[1]), _floats(2))
+
+
+def _update_moving_statistics(bn, mean, var, count):
+    """BatchNorm2d's moving averages from the kernel's batch statistics, as MindSpore updates
+    them in training: the unbiased variance, weight `bn.momentum` for the batch."""
+    momentum = bn.momentum
+    unbiased = var * (count / max(count - 1, 1))
+    ops.assign(bn.moving_mean, bn.moving_mean * (1.0 - momentum) + ops.stop_gradient(mean) * momentum)
+    ops.assign(bn.moving_variance, bn.moving_variance * (1.0 - momentum) + ops.stop_gradient(unbiased) * momentum)
+
+
+# The chains below are what the network's cells compute around their convolutions. Each
+# takes `kernels` (a TrainKernels, or None for MindSpore's operators) and the cells whose
+# parameters it uses, so parameter names and checkpoints are the same either way.
+
+def norm_act(kernels, bn, act, a, shortcut=None):
+    """act(bn(a) + shortcut): batch norm (training mode with kernels), optional shortcut, RPReLU."""
+    if kernels is None:
+        z = bn(a)
+        return act(z if shortcut is None else z + shortcut)
+    params = (bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias)
+    if shortcut is None:
+        y, mean, var = kernels.bn_act(a, *params)
+    else:
+        y, mean, var = kernels.bn_act_add(a, shortcut, *params)
+    _update_moving_statistics(bn, mean, var, a.shape[0] * a.shape[2] * a.shape[3])
+    return y
+
+
+def move_quantize(kernels, move, conv, x):
+    """(t, q): t = move(x) and q = conv's quantized input of t."""
+    if kernels is None or not conv.binary_input:
+        t = move(x)
+        return t, conv.quantize_input(t)
+    return kernels.move_binarize(x, move.bias)
+
+
+def phase_quantize(kernels, move, conv, pair_mean, x, theta):
+    """(pair_mean(p), q) for p = move(concat(x cos(theta), x sin(theta))), q conv's quantized input of p."""
+    if kernels is None or not conv.binary_input:
+        p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
+        return pair_mean(p), conv.quantize_input(p)
+    q, m, _, _ = kernels.phase_move(x, theta, move.bias)
+    return m, q
+
+
+def pool4(kernels, pools, x):
+    """The mean of the four max-pools, summed in order."""
+    if kernels is None:
+        return (((pools[0](x) + pools[1](x)) + pools[2](x)) + pools[3](x)) / 4.0
+    return kernels.pool4(x)[0]
+
+
+def channel_scale(x, scale):
+    """x * scale for a scale of shape (1 or B, C, 1, 1), with the same products.
+
+    MindSpore 2.10's CPU Mul broadcasting a (1, C, 1, 1) operand is 2x slower
+    than a same-shape Mul and keeps a full-size workspace alive until the graph
+    ends (1.3 GB per image over BiMLP_S); an explicit broadcast_to avoids both.
+    """
+    return x * ops.broadcast_to(scale, x.shape)
+
+
+def mix3(kernels, fast, h, w, c, u, weights):
+    """((h a0 + w a1) + c a2) + u for branch weights of shape (3, N, C), per sample and channel."""
+    if kernels is not None:
+        return kernels.mix3(h, w, c, u, weights)
+    a = weights.reshape(3, weights.shape[1], weights.shape[2], 1, 1)
+    if fast:
+        return ((channel_scale(h, a[0]) + channel_scale(w, a[1])) + channel_scale(c, a[2])) + u
+    return ((h * a[0] + w * a[1]) + c * a[2]) + u
+
+
+def wave_mix(kernels, x, a, b, c, weight, drop_path):
+    """x + drop_path((w0 b + w1 c) + (1 - w0 - w1) a), the kernel when no path is dropped."""
+    if kernels is not None and drop_path.keep == 1.0:
+        return kernels.wave_mix(x, a, b, c, weight)
+    w0, w1 = weight[0], weight[1]
+    return x + drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)

@@ -11,9 +11,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <vector>
 
+#include "cpu_threads.h"
+#include "fused_common.h"
+
 namespace {
+
+using bimlp::parallel_for;
 
 const float kRoundingMagic = 12582912.0f;  // 1.5 * 2^23: (x + M) - M is rint(x), ties to even
 const float kEps = 1e-5f;
@@ -25,49 +31,6 @@ inline float binarize(float x) { return (std::min(std::max(x, -1.0f), 1.0f) + kR
 struct Dims {
   int64_t n, c, hw;
 };
-
-// sin and cos of float32 angles, equal to MindSpore's Sin/Cos: glibc's double-precision
-// functions rounded to float32. A vectorizable double-precision approximation (fdlibm's
-// reduction and kernels, error well below 2^-40 relative) decides the float32 result
-// whenever every value within 2^-40 of it rounds to the same float32, which then includes
-// glibc's value; the rare others (about 1 in 30,000) and |x| >= 2^16 call glibc itself.
-void sincos_rounded(const float *x, float *sine, float *cosine, int32_t *unsure, int64_t n) {
-  const double two_over_pi = 6.36619772367581382433e-01, shifter = 6755399441055744.0;  // 1.5 * 2^52
-  const double pio2_1 = 1.57079632673412561417e+00, pio2_2 = 6.07710050630396597660e-11,
-               pio2_3 = 2.02226624871116645580e-21;
-  const double s1 = -1.66666666666666324348e-01, s2 = 8.33333333332248946124e-03,
-               s3 = -1.98412698298579493134e-04, s4 = 2.75573137070700676789e-06,
-               s5 = -2.50507602534068634195e-08, s6 = 1.58969099521155010221e-10;
-  const double c1 = 4.16666666666666019037e-02, c2 = -1.38888888888741095749e-03,
-               c3 = 2.48015872894767294178e-05, c4 = -2.75573143513906633035e-07,
-               c5 = 2.08757232129817482790e-09, c6 = -1.13596475577881948265e-11;
-  const double tolerance = 9.094947017729282e-13;  // 2^-40
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    const double shifted = v * two_over_pi + shifter;
-    const double k = shifted - shifter;  // nearest integer to v / (pi / 2)
-    const double quadrant = k - 4.0 * std::floor(k * 0.25);  // k mod 4, exactly
-    const double r = ((v - k * pio2_1) - k * pio2_2) - k * pio2_3;
-    const double z = r * r;
-    const double sin_r = r + r * z * (s1 + z * (s2 + z * (s3 + z * (s4 + z * (s5 + z * s6)))));
-    const double cos_r = 1.0 - 0.5 * z + z * z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * c6)))));
-    const double sin_v = quadrant == 0.0 ? sin_r : quadrant == 1.0 ? cos_r : quadrant == 2.0 ? -sin_r : -cos_r;
-    const double cos_v = quadrant == 0.0 ? cos_r : quadrant == 1.0 ? -sin_r : quadrant == 2.0 ? -cos_r : sin_r;
-    const double ts = std::fabs(sin_v) * tolerance + 1e-300, tc = std::fabs(cos_v) * tolerance + 1e-300;
-    sine[i] = static_cast<float>(sin_v);
-    cosine[i] = static_cast<float>(cos_v);
-    unsure[i] = (static_cast<float>(sin_v - ts) != static_cast<float>(sin_v + ts)) |
-                (static_cast<float>(cos_v - tc) != static_cast<float>(cos_v + tc)) | (std::fabs(v) >= 65536.0);
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    if (unsure[i]) {
-      double s, c;
-      sincos(static_cast<double>(x[i]), &s, &c);
-      sine[i] = static_cast<float>(s);
-      cosine[i] = static_cast<float>(c);
-    }
-  }
-}
 
 Dims dims_of(const int64_t *shape) { return {shape[0], shape[1], shape[2] * shape[3]}; }
 
@@ -89,13 +52,12 @@ BnActParams bn_act_from(void **params, int first) {
   return {p(0), p(1), p(2), p(3), p(4), p(5), p(6)};
 }
 
-// Runs body(n, c, offset) for every (sample, channel) plane. Single-threaded on purpose:
-// MindSpore's thread pool keeps the cores busy between operators, and an OpenMP team
-// waiting for them made the whole BiMLP_S forward 2x slower than this.
+// Runs body(n, c, offset) for every (sample, channel) plane, planes split across threads.
 template <typename Body>
 void for_each_plane(const Dims &d, Body body) {
-  for (int64_t n = 0; n < d.n; ++n)
-    for (int64_t c = 0; c < d.c; ++c) body(n, c, (n * d.c + c) * d.hw);
+  parallel_for(d.n * d.c, d.hw, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) body(p / d.c, p % d.c, p * d.hw);
+  });
 }
 
 // Adds to out (h x w) the 1xK (horizontal) or Kx1 convolution of one input plane with
@@ -126,6 +88,7 @@ extern "C" {
 
 // y = rint(clip(x + bias, -1, 1)): a LearnableBias and the 1-bit activation quantizer.
 int MoveBinarize(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(0);  // every fused forward binarizes through this kernel
   const float *x = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   Dims d = dims_of(shapes[0]);
@@ -191,12 +154,14 @@ int SignScale(int, void **params, int *, int64_t **shapes, const char **, void *
   const float *w = static_cast<const float *>(params[0]), *mean = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   const int64_t out = shapes[0][0], in = shapes[0][1], taps = shapes[0][2] * shapes[0][3];
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t t = 0; t < taps; ++t) {
-        const float v = w[(o * in + i) * taps + t], m = mean[o * taps + t];
-        y[(o * in + i) * taps + t] = v > 0.0f ? m : (v < 0.0f ? -m : 0.0f * m);
-      }
+  parallel_for(out, in * taps, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o)
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t t = 0; t < taps; ++t) {
+          const float v = w[(o * in + i) * taps + t], m = mean[o * taps + t];
+          y[(o * in + i) * taps + t] = v > 0.0f ? m : (v < 0.0f ? -m : 0.0f * m);
+        }
+  });
   return 0;
 }
 
@@ -249,37 +214,39 @@ int Pool4(int, void **params, int *, int64_t **shapes, const char **, void *, vo
   float *y = static_cast<float *>(params[1]);
   const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
   const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2;
-  std::vector<float> rows(h * ow), pooled(oh * ow);
   const int kernels[4] = {2, 3, 5, 7};
-  for (int64_t plane = 0; plane < n * c; ++plane) {
-    const float *in = x + plane * h * w;
-    float *out = y + plane * oh * ow;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t k = kernels[j];
-      const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
-      const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
-      for (int64_t r = 0; r < h; ++r)
-        for (int64_t col = 0; col < ow; ++col) {
-          const int64_t from = std::max<int64_t>(col * 2 - left, 0), to = std::min<int64_t>(col * 2 - left + k, w);
-          float m = in[r * w + from];
-          for (int64_t i = from + 1; i < to; ++i) m = std::max(m, in[r * w + i]);
-          rows[r * ow + col] = m;
+  parallel_for(n * c, h * w, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(h * ow), pooled(oh * ow);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const float *in = x + plane * h * w;
+      float *out = y + plane * oh * ow;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t k = kernels[j];
+        const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
+        const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+        for (int64_t r = 0; r < h; ++r)
+          for (int64_t col = 0; col < ow; ++col) {
+            const int64_t from = std::max<int64_t>(col * 2 - left, 0), to = std::min<int64_t>(col * 2 - left + k, w);
+            float m = in[r * w + from];
+            for (int64_t i = from + 1; i < to; ++i) m = std::max(m, in[r * w + i]);
+            rows[r * ow + col] = m;
+          }
+        for (int64_t r = 0; r < oh; ++r) {
+          const int64_t from = std::max<int64_t>(r * 2 - top, 0), to = std::min<int64_t>(r * 2 - top + k, h);
+          float *dst = pooled.data() + r * ow;
+          for (int64_t col = 0; col < ow; ++col) dst[col] = rows[from * ow + col];
+          for (int64_t i = from + 1; i < to; ++i)
+            for (int64_t col = 0; col < ow; ++col) dst[col] = std::max(dst[col], rows[i * ow + col]);
         }
-      for (int64_t r = 0; r < oh; ++r) {
-        const int64_t from = std::max<int64_t>(r * 2 - top, 0), to = std::min<int64_t>(r * 2 - top + k, h);
-        float *dst = pooled.data() + r * ow;
-        for (int64_t col = 0; col < ow; ++col) dst[col] = rows[from * ow + col];
-        for (int64_t i = from + 1; i < to; ++i)
-          for (int64_t col = 0; col < ow; ++col) dst[col] = std::max(dst[col], rows[i * ow + col]);
+        if (j == 0) {
+          std::copy(pooled.begin(), pooled.end(), out);
+        } else {
+          for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] + pooled[i];
+        }
       }
-      if (j == 0) {
-        std::copy(pooled.begin(), pooled.end(), out);
-      } else {
-        for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] + pooled[i];
-      }
+      for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] / 4.0f;
     }
-    for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] / 4.0f;
-  }
+  });
   return 0;
 }
 
@@ -292,15 +259,18 @@ int LineBranch(int, void **params, int *, int64_t **shapes, const char **, void 
   float *y = static_cast<float *>(params[10]);
   Dims d = dims_of(shapes[0]);
   const int64_t h = shapes[0][2], w = shapes[0][3], kh = shapes[2][2], kw = shapes[2][3];
-  std::vector<float> quantized(d.hw);
-  for_each_plane(d, [&](int64_t, int64_t c, int64_t o) {
-    const float b = move[c];
-    for (int64_t i = 0; i < d.hw; ++i) quantized[i] = binarize(m[o + i] + b);
-    float *out = y + o;
-    std::fill(out, out + d.hw, 0.0f);
-    line_conv_plane(quantized.data(), weight + c * kh * kw, kh * kw, kh == 1, h, w, out);
-    const auto ch = k.at(c);
-    for (int64_t i = 0; i < d.hw; ++i) out[i] = ch(out[i], m[o + i] + b);
+  parallel_for(d.n * d.c, d.hw * kh * kw, [&](int64_t begin, int64_t end) {
+    std::vector<float> quantized(d.hw);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % d.c, o = p * d.hw;
+      const float b = move[c];
+      for (int64_t i = 0; i < d.hw; ++i) quantized[i] = binarize(m[o + i] + b);
+      float *out = y + o;
+      std::fill(out, out + d.hw, 0.0f);
+      line_conv_plane(quantized.data(), weight + c * kh * kw, kh * kw, kh == 1, h, w, out);
+      const auto ch = k.at(c);
+      for (int64_t i = 0; i < d.hw; ++i) out[i] = ch(out[i], m[o + i] + b);
+    }
   });
   return 0;
 }
@@ -315,30 +285,45 @@ int PhaseBranch(int, void **params, int *, int64_t **shapes, const char **, void
   float *y = static_cast<float *>(params[11]);
   Dims d = dims_of(shapes[0]);
   const int64_t h = shapes[0][2], w = shapes[0][3], kh = shapes[3][2], kw = shapes[3][3], taps = kh * kw;
-  std::vector<float> sine(d.c * d.hw), cosine(d.c * d.hw), plane(2 * d.hw), quantized(d.hw);
-  std::vector<int32_t> unsure(d.c * d.hw);
-  for (int64_t n = 0; n < d.n; ++n) {
-    const float *xs = x + n * d.c * d.hw;
-    sincos_rounded(theta + n * d.c * d.hw, sine.data(), cosine.data(), unsure.data(), d.c * d.hw);
-    for (int64_t g = 0; g < d.c; ++g) {
-      float *out = y + (n * d.c + g) * d.hw;
-      std::fill(out, out + d.hw, 0.0f);
-      for (int64_t i = 0; i < 2; ++i) {
-        const int64_t j = 2 * g + i, source = j < d.c ? j : j - d.c;
-        const float *trig = (j < d.c ? cosine.data() : sine.data()) + source * d.hw;
-        const float *in = xs + source * d.hw;
-        const float b = move[j];
-        float *p = plane.data() + i * d.hw;
-        for (int64_t q = 0; q < d.hw; ++q) {
-          p[q] = in[q] * trig[q] + b;
-          quantized[q] = binarize(p[q]);
+  // Output plane (n, g) reads channels 2g and 2g + 1 of concat(x cos, x sin): the cosine of
+  // channel 2g (if < C) and the sine of channel 2g - C (if >= C). A thread computes sin and cos
+  // of the channels its range of planes reads, per sample.
+  parallel_for(d.n * d.c, d.hw * (2 * taps + 8), [&](int64_t begin, int64_t end) {
+    std::vector<float> sine, cosine, plane(2 * d.hw), quantized(d.hw);
+    std::vector<int32_t> unsure;
+    for (int64_t n = begin / d.c; n * d.c < end; ++n) {
+      const int64_t g_begin = std::max(begin - n * d.c, int64_t{0}), g_end = std::min(end - n * d.c, d.c);
+      const int64_t cos_begin = 2 * g_begin, cos_end = std::min(2 * g_end, d.c);
+      const int64_t sin_begin = std::max(2 * g_begin, d.c) - d.c, sin_end = std::max(2 * g_end - d.c, int64_t{0});
+      const int64_t first = cos_begin < cos_end ? (sin_begin < sin_end ? std::min(cos_begin, sin_begin) : cos_begin)
+                                                : sin_begin;
+      const int64_t last = std::max(cos_begin < cos_end ? cos_end : 0, sin_begin < sin_end ? sin_end : 0);
+      const int64_t values = (last - first) * d.hw;
+      sine.resize(values);
+      cosine.resize(values);
+      unsure.resize(values);
+      sincos_rounded(theta + (n * d.c + first) * d.hw, sine.data(), cosine.data(), unsure.data(), values);
+      const float *xs = x + n * d.c * d.hw;
+      for (int64_t g = g_begin; g < g_end; ++g) {
+        float *out = y + (n * d.c + g) * d.hw;
+        std::fill(out, out + d.hw, 0.0f);
+        for (int64_t i = 0; i < 2; ++i) {
+          const int64_t j = 2 * g + i, source = j < d.c ? j : j - d.c;
+          const float *trig = (j < d.c ? cosine.data() : sine.data()) + (source - first) * d.hw;
+          const float *in = xs + source * d.hw;
+          const float b = move[j];
+          float *p = plane.data() + i * d.hw;
+          for (int64_t q = 0; q < d.hw; ++q) {
+            p[q] = in[q] * trig[q] + b;
+            quantized[q] = binarize(p[q]);
+          }
+          line_conv_plane(quantized.data(), weight + (g * 2 + i) * taps, taps, kh == 1, h, w, out);
         }
-        line_conv_plane(quantized.data(), weight + (g * 2 + i) * taps, taps, kh == 1, h, w, out);
+        const auto ch = k.at(g);
+        for (int64_t q = 0; q < d.hw; ++q) out[q] = ch(out[q], (plane[q] + plane[d.hw + q]) / 2.0f);
       }
-      const auto ch = k.at(g);
-      for (int64_t q = 0; q < d.hw; ++q) out[q] = ch(out[q], (plane[q] + plane[d.hw + q]) / 2.0f);
     }
-  }
+  });
   return 0;
 }
 
@@ -373,25 +358,83 @@ int GroupNorm1(int, void **params, int *, int64_t **shapes, const char **, void 
   const float *beta = static_cast<const float *>(params[2]);
   float *y = static_cast<float *>(params[3]);
   const int64_t n = shapes[0][0], c = shapes[0][1], hw = shapes[0][2] * shapes[0][3], size = c * hw;
-  for (int64_t b = 0; b < n; ++b) {
-    const float *in = x + b * size;
-    double sum = 0.0, sum_square = 0.0;
-    for (int64_t i = 0; i < size; ++i) {
-      const double v = in[i];
-      sum += v;
-      sum_square += v * v;
+  parallel_for(n, size, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float *in = x + b * size;
+      double sum = 0.0, sum_square = 0.0;
+      for (int64_t i = 0; i < size; ++i) {
+        const double v = in[i];
+        sum += v;
+        sum_square += v * v;
+      }
+      const double mean = sum / static_cast<double>(size);
+      const double rstd = std::sqrt(1.0 / ((sum_square / static_cast<double>(size) - mean * mean) +
+                                           static_cast<double>(kEps)));
+      float *out = y + b * size;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const double g = gamma[ch], bt = beta[ch];
+        for (int64_t i = ch * hw; i < (ch + 1) * hw; ++i)
+          out[i] = static_cast<float>((static_cast<double>(in[i]) - mean) * rstd * g + bt);
+      }
     }
-    const double mean = sum / static_cast<double>(size);
-    const double rstd = std::sqrt(1.0 / ((sum_square / static_cast<double>(size) - mean * mean) +
-                                         static_cast<double>(kEps)));
-    float *out = y + b * size;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const double g = gamma[ch], bt = beta[ch];
-      for (int64_t i = ch * hw; i < (ch + 1) * hw; ++i)
-        out[i] = static_cast<float>((static_cast<double>(in[i]) - mean) * rstd * g + bt);
-    }
-  }
+  });
   return 0;
+}
+
+}  // extern "C"
+
+namespace {
+
+// 64-bit fingerprint of a buffer: four multiply-xorshift lanes over 64K-word chunks, the chunks'
+// values combined in order, so the result does not depend on the thread count. Never 0.
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t fingerprint(const void *data, int64_t bytes) {
+  const int64_t words = bytes / 8, chunk = 1 << 16, chunks = (words + chunk - 1) / chunk;
+  std::vector<uint64_t> per_chunk(chunks);
+  parallel_for(chunks, chunk, [&](int64_t begin, int64_t end) {
+    const uint64_t *w = static_cast<const uint64_t *>(data);
+    for (int64_t c = begin; c < end; ++c) {
+      uint64_t lane[4] = {1, 2, 3, 4};
+      const int64_t from = c * chunk, to = std::min(words, from + chunk);
+      int64_t i = from;
+      for (; i + 4 <= to; i += 4)
+        for (int l = 0; l < 4; ++l) lane[l] = (lane[l] ^ w[i + l]) * 0x9e3779b97f4a7c15ULL;
+      for (; i < to; ++i) lane[0] = (lane[0] ^ w[i]) * 0x9e3779b97f4a7c15ULL;
+      per_chunk[c] = mix(lane[0]) ^ mix(lane[1] + 1) ^ mix(lane[2] + 2) ^ mix(lane[3] + 3);
+    }
+  });
+  uint64_t h = static_cast<uint64_t>(bytes);
+  for (int64_t c = 0; c < chunks; ++c) h = mix(h ^ per_chunk[c]) + static_cast<uint64_t>(c);
+  const unsigned char *tail = static_cast<const unsigned char *>(data) + words * 8;
+  for (int64_t i = 0; i < bytes - words * 8; ++i) h = mix(h ^ tail[i]);
+  return h == 0 ? 1 : h;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The fingerprint src/weight_cache.py records for weights it binarized (called with ctypes).
+uint64_t BimlpFingerprint(const void *data, int64_t bytes) { return fingerprint(data, bytes); }
+
+// Guards a cached binarized weight: fails the graph when the latent weights w are no longer the
+// ones whose fingerprint (an int64 of shape (1,)) was recorded with the cache. Output: one 0.
+int WeightsUnchanged(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  int64_t bytes = 4;
+  for (int i = 0; i < 4; ++i) bytes *= shapes[0][i];
+  const uint64_t recorded = *static_cast<const uint64_t *>(params[1]);
+  *static_cast<float *>(params[2]) = 0.0f;
+  if (fingerprint(params[0], bytes) == recorded) return 0;
+  std::fprintf(stderr, "error: BiMLP's binarized weights are out of date: its latent weights changed since "
+                       "they were cached. Call the BiMLP network itself once (net(x) refreshes them) before "
+                       "calling it inside another cell's graph.\n");
+  return 1;
 }
 
 }  // extern "C"

@@ -46,12 +46,19 @@ class GroupedLineConv(nn.Cell):
         self.before, self.after = (left, right) if self.along_width else (top, bottom)
         if self.before + self.after != self.taps - 1:
             raise ValueError("GroupedLineConv keeps the line length: padding must add up to K - 1")
+        # Set by the network: src/fused.TrainKernels, used in training (forward and gradient).
+        self.train_kernels = None
+        self.symmetric = self.before == self.after
 
     def construct(self, x, w):
+        if self.training and self.train_kernels is not None and self.symmetric:
+            return self.train_kernels.line_conv(x, w)
         conv, _, lo, hi = self.kernels(self.length(x))
         return conv(x, self.crop(w, lo, hi))
 
     def bprop(self, x, w, out, dout):
+        if self.training and self.train_kernels is not None and self.symmetric:
+            return self.train_kernels.line_conv_grad(x, w, dout)
         _, input_grad, lo, hi = self.kernels(self.length(x))
         dx = input_grad(dout, self.crop(w, lo, hi), x.shape)
         b, c_in, h, wd = x.shape

@@ -6,18 +6,26 @@ So the latent float weights W can be replaced by one sign bit each plus the
 scale, and unpacking writes `W' = where(sign bit, scale, -scale)`, for which the
 layer computes the very same wb: eval logits stay bit-identical.
 
-File format (a NumPy .npz archive, uncompressed):
-    format          "bimlp-packed-1"
-    model           the variant name, e.g. "BiMLP_S"
-    binary          1 for a binary network, 0 for its float twin (train.py's record; files
-                    packed before it was kept lack it)
-    names           every parameter name, in checkpoint order
-    <name>          a float32 parameter, stored as is
+File format, in this order:
+    MAGIC           8 bytes, b"BiMLPpk\x02"
+    digest          the SHA-256 of every byte after it (32 bytes): any damaged byte is refused
+    header length   8 bytes, little-endian
+    header          UTF-8 JSON:
+        format      "bimlp-packed-2"
+        model       the variant name, e.g. "BiMLP_S"
+        names       every parameter name, in checkpoint order
+        records     {name: int or str}: the checkpoint's records (binary or float twin,
+                    class names), returned beside the parameters
+        tensors     {key: [numpy dtype, shape, byte offset]} into the data below
+    data            the tensors' bytes, one after the other
+The tensors, by key:
+    <name>          a float parameter, stored as is (float32, or float16 if packed so)
     <name>@signs    a packed binary weight: np.packbits(W.ravel() > 0), uint8
     <name>@scale    its float32 scale, shape (out, 1, kh, kw)
     <name>@shape    its int64 shape (out, in/group, kh, kw)
 
 Which weights are packed:
+- Only a binary network's: a float twin's QuanConvs quantize nothing ("fp"), so its weights stay float.
 - Depthwise xnor layers (one input channel per group: sfc_h/sfc_w) are stored
   float: there the mean runs over a single value, so wb == W and bits + scale
   would take more room than the weights.
@@ -26,18 +34,22 @@ Which weights are packed:
   layer whose latent weights contain an exact 0 stays float (trained float
   weights essentially never hit 0 exactly; the packer reports such layers).
 """
+import hashlib
+import json
 import os
-import zipfile
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Parameter, Tensor
 
 from src.context import UserError
-from src.files import atomic_write
+from src.files import write_bytes
 from src.quan_conv import QuanConv
 
-FORMAT = "bimlp-packed-1"
+MAGIC = b"BiMLPpk\x02"
+FORMAT = "bimlp-packed-2"
 SIGNS, SCALE, SHAPE = "@signs", "@scale", "@shape"
+DIGEST_SIZE = hashlib.sha256().digest_size
+HEADER_LENGTH_SIZE = 8
 
 
 def is_packable(cell):
@@ -70,52 +82,95 @@ def unpack_weight(bits, scale, shape):
     return np.where(signs, scale, -scale).astype(np.float32)
 
 
-def pack_params(params, layers, model_name, binary=True):
-    """Pack a checkpoint (ordered name -> float32 array) into the arrays of the .npz format.
+def pack_params(params, layers, model_name, records=None, float_dtype=np.float32):
+    """Pack a checkpoint (ordered name -> float32 array) into the packed format's content.
 
-    layers: {weight name: QuanConv} from packable_layers; binary: the network is binary (not
-    the float twin). Returns (arrays, names of the binary layers that had to stay float).
+    layers: {weight name: QuanConv} from packable_layers (none for a float twin). records:
+    {name: int or str} kept beside the weights. float_dtype: how the tensors that stay
+    float are stored. Returns (packed, names of the binary layers that had to stay float);
+    packed is {"format", "model", "names", "records", "tensors": {key: array}}.
     """
-    arrays = {"format": np.array(FORMAT), "model": np.array(model_name), "binary": np.array(int(binary)),
-              "names": np.array(list(params))}
-    kept_float = []
+    tensors, kept_float = {}, []
     for name, value in params.items():
-        packed = pack_weight(value, layers[name].quantize_weight) if name in layers else None
-        if packed is None:
-            arrays[name] = value
+        bits = pack_weight(value, layers[name].quantize_weight) if name in layers else None
+        if bits is None:
+            tensors[name] = value.astype(float_dtype)
             if name in layers:
                 kept_float.append(name)
             continue
-        arrays[name + SIGNS], arrays[name + SCALE] = packed
-        arrays[name + SHAPE] = np.array(value.shape, np.int64)
-    return arrays, kept_float
+        tensors[name + SIGNS], tensors[name + SCALE] = bits
+        tensors[name + SHAPE] = np.array(value.shape, np.int64)
+    packed = {"format": FORMAT, "model": model_name, "names": list(params), "records": dict(records or {}),
+              "tensors": tensors}
+    return packed, kept_float
 
 
-def unpack_arrays(arrays):
-    """The .npz arrays back to an ordered {name: float32 array} checkpoint."""
-    params = {}
-    for name in arrays["names"].tolist():
-        if name + SIGNS in arrays:
-            params[name] = unpack_weight(arrays[name + SIGNS], arrays[name + SCALE], tuple(arrays[name + SHAPE]))
+def unpack_params(packed):
+    """The packed content back to an ordered {name: float32 array} checkpoint."""
+    tensors, params = packed["tensors"], {}
+    for name in packed["names"]:
+        if name + SIGNS in tensors:
+            params[name] = unpack_weight(tensors[name + SIGNS], tensors[name + SCALE], tuple(tensors[name + SHAPE]))
         else:
-            params[name] = arrays[name]
+            params[name] = tensors[name].astype(np.float32)
     return params
 
 
-def save_packed(arrays, path):
-    # np.savez names its file *.npz whatever it is given: the temporary name has that suffix.
-    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+def save_packed(packed, path):
+    """Write the packed file atomically; returns the SHA-256 (hex) of the whole file."""
+    table, offset = {}, 0
+    for key, value in packed["tensors"].items():
+        table[key] = [value.dtype.str, list(value.shape), offset]
+        offset += value.nbytes
+    header = json.dumps({**{k: v for k, v in packed.items() if k != "tensors"}, "tensors": table}).encode("utf-8")
+    body = (len(header).to_bytes(HEADER_LENGTH_SIZE, "little") + header
+            + b"".join(np.ascontiguousarray(value).tobytes() for value in packed["tensors"].values()))
+    data = MAGIC + hashlib.sha256(body).digest() + body
+    write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_packed(path):
+    """True if the file starts like a packed checkpoint, whatever its name."""
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 def read_packed(path):
-    """Load a packed archive as a dict of arrays; UserError if it is missing, damaged or not one."""
+    """A packed file's content (as pack_params returns it); UserError if it is missing, not a packed
+    file, or damaged (its digest does not match)."""
     if not os.path.isfile(path):
         raise UserError(f"packed checkpoint not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = dict(archive)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"cannot read packed checkpoint {path}: damaged or not a .npz archive ({err})") from None
-    if "format" not in arrays or str(arrays["format"]) != FORMAT:
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(MAGIC):
         raise UserError(f"{path} is not a packed BiMLP checkpoint (format {FORMAT})")
-    return arrays
+    digest, body = data[len(MAGIC):len(MAGIC) + DIGEST_SIZE], data[len(MAGIC) + DIGEST_SIZE:]
+    if hashlib.sha256(body).digest() != digest:
+        raise UserError(f"packed checkpoint {path} is damaged: its content does not match its SHA-256 "
+                        f"(a truncated download or a changed byte); fetch or pack it again")
+    try:
+        return parse_body(body)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read packed checkpoint {path}: {err}") from None
+
+
+def parse_body(body):
+    length = int.from_bytes(body[:HEADER_LENGTH_SIZE], "little")
+    packed = json.loads(body[HEADER_LENGTH_SIZE:HEADER_LENGTH_SIZE + length].decode("utf-8"))
+    if packed.get("format") != FORMAT:
+        raise ValueError(f"format {packed.get('format')!r}, expected {FORMAT}")
+    data = memoryview(body)[HEADER_LENGTH_SIZE + length:]
+    packed["tensors"] = {key: np.frombuffer(data, np.dtype(dtype), int(np.prod(shape)), offset).reshape(shape)
+                         for key, (dtype, shape, offset) in packed["tensors"].items()}
+    return packed
+
+
+def load_packed(path):
+    """A packed file as ms.load_checkpoint returns a .ckpt: {name: Parameter}, plus its records
+    (ints as Tensors, strings as str)."""
+    packed = read_packed(path)
+    checkpoint = {name: Parameter(Tensor(value), name=name) for name, value in unpack_params(packed).items()}
+    for name, value in packed["records"].items():
+        checkpoint[name] = value if isinstance(value, str) else Tensor(np.int64(value))
+    return checkpoint

@@ -20,6 +20,7 @@ Activation schemes (`quan_name_a`):
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
+from src import weight_cache
 from src.grouped_conv import GroupedLineConv
 
 
@@ -198,9 +199,18 @@ class QuanConv(nn.Cell):
                                    pad_mode="pad", pad=self.padding, stride=stride, group=group)
         self.is_binary_weight = quan_name_w != "fp" and nbit_w == 1
         self.xnor_weight = quan_name_w == "xnor" and nbit_w == 1
+        # The fused kernels' 1-bit quantizer: rint(clip(x, -1, 1)) with the |x| <= 1 STE.
+        self.binary_input = quan_name_a in ("xnor", "dorefa") and nbit_a == 1
+        # Set by src/weight_cache.py when the network caches this layer's binarized weights: wb
+        # (exact engine) or, for the xnor engine, its packed sign bits.
+        self.binarized_weight = self.xnor_bits = None
 
     def construct(self, x):
-        return self.conv(self.quantize_input(x), self.quantize_weight(self.weight))
+        return self.convolve(self.quantize_input(x))
+
+    def convolve(self, xq):
+        """The convolution of an input already quantized, with the quantized weights."""
+        return self.conv(xq, self.quantize_weight(self.weight))
 
     def fused_weight(self, kernels):
         """The quantized weights, computed with the fused kernels of src/fused.py."""
@@ -209,11 +219,22 @@ class QuanConv(nn.Cell):
         if self.in_channels == self.group:
             # One input channel per group: mean(|W|) over it is |W|, so sign(W) * |W| == W.
             return self.weight
+        if self.binarized_weight is not None:
+            return weight_cache.cached_weight(self, kernels)
         return kernels.sign_scale(self.weight, self.quantize_weight.mean(ops.abs(self.weight), 1))
 
     def conv_quantized(self, xq, kernels):
         """The convolution of an input already quantized by a fused kernel."""
+        if self.xnor_bits is not None:
+            return weight_cache.xnor_conv(self, xq, self.xnor_no_bias, kernels)
         return self.conv(xq, self.fused_weight(kernels))
+
+    def conv_binarized(self, x, bias, kernels):
+        """The convolution of rint(clip(x + bias, -1, 1)): one xnor kernel on packed bits, or the
+        fused binarization then the convolution."""
+        if self.xnor_bits is not None:
+            return weight_cache.xnor_conv(self, x, bias, kernels)
+        return self.conv_quantized(kernels.move_binarize(x, bias), kernels)
 
     def quantized_weight(self):
         """The weights the convolution actually uses, as a numpy array."""

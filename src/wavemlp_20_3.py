@@ -15,21 +15,13 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
+from src.fused import channel_scale, mix3, move_quantize, norm_act, phase_quantize, pool4, wave_mix
+from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.drop_path import DropPath
 from src.quan_conv import QuanConv
 
 ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
-
-
-def channel_scale(x, scale):
-    """x * scale for a scale of shape (1 or B, C, 1, 1), with the same products.
-
-    MindSpore 2.10's CPU Mul broadcasting a (1, C, 1, 1) operand is 2x slower
-    than a same-shape Mul and keeps a full-size workspace alive until the graph
-    ends (1.3 GB per image over BiMLP_S); an explicit broadcast_to avoids both.
-    """
-    return x * ops.broadcast_to(scale, x.shape)
 
 
 class LearnableBias(nn.Cell):
@@ -171,34 +163,38 @@ class Mlp(nn.Cell):
         self.norm0 = batch_norm(hidden_features)
         self.shortcut1 = UniShortcut(in_features, hidden_features, fast)
         self.shortcut2 = UniShortcut(hidden_features, out_features, fast)
-        self.kernels = None
+        self.kernels = self.train_kernels = None
         self.fusable = bool(self.shortcut1.repeats) and self.shortcut2.k > 1
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
             return self.construct_fused(x)
-        s1 = self.act1(self.norm0(self.shortcut1(x)))
-        h = self.act2(self.norm1(self.fc1(self.move1(x))) + s1)
+        k = self.train_kernels if self.training else None
+        s1 = norm_act(k, self.norm0, self.act1, self.shortcut1(x))
+        _, xq = move_quantize(k, self.move1, self.fc1, x)
+        h = norm_act(k, self.norm1, self.act2, self.fc1.convolve(xq), s1)
         s2 = self.shortcut2(h)
-        return self.act3(self.norm2(self.fc2(self.move2(h))) + s2)
+        _, hq = move_quantize(k, self.move2, self.fc2, h)
+        return norm_act(k, self.norm2, self.act3, self.fc2.convolve(hq), s2)
 
     def construct_fused(self, x):
         k = self.kernels
-        a = self.fc1.conv_quantized(k.move_binarize(x, self.move1.bias), k)
+        a = self.fc1.conv_binarized(x, self.move1.bias, k)
         h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
                                          *fused_kernels.bn_act_params(self.norm1, self.act2), self.move2.bias)
         return k.bn_act_group_mean(self.fc2.conv_quantized(h_q, k), h,
                                    *fused_kernels.bn_act_params(self.norm2, self.act3))
 
 
-def residual_fc(move, conv, bn, act, x):
-    t = move(x)
-    return act(bn(conv(t)) + t)
+def residual_fc(kernels, move, conv, bn, act, x):
+    """act(bn(conv(t)) + t) for t = move(x)."""
+    t, tq = move_quantize(kernels, move, conv, x)
+    return norm_act(kernels, bn, act, conv.convolve(tq), t)
 
 
 def fused_residual_fc(kernels, move, conv, bn, act, x):
     """residual_fc in two fused kernels around the convolution."""
-    a = conv.conv_quantized(kernels.move_binarize(x, move.bias), kernels)
+    a = conv.conv_binarized(x, move.bias, kernels)
     return kernels.bn_act_moved(a, x, move.bias, *fused_kernels.bn_act_params(bn, act))
 
 
@@ -242,32 +238,28 @@ class PATM(nn.Cell):
         self.norm_h = batch_norm(dim)
         self.norm_w = batch_norm(dim)
         self.norm_proj = batch_norm(dim)
-        self.concat = ops.Concat(axis=1)
         self.pair_mean = UniShortcut(2 * dim, dim, fast)
-        self.kernels = None
+        self.kernels = self.train_kernels = None
         self.fusable = True
 
     def construct(self, u):
         if self.kernels is not None and not self.training:
             return self.construct_fused(u)
+        k = self.train_kernels if self.training else None
         batch = u.shape[0]
-        theta_h = residual_fc(self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
-        theta_w = residual_fc(self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
-        xh = residual_fc(self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
-        xw = residual_fc(self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        xh = self.move_tfch(self.concat((xh * ops.cos(theta_h), xh * ops.sin(theta_h))))
-        xw = self.move_tfcw(self.concat((xw * ops.cos(theta_w), xw * ops.sin(theta_w))))
-        h = self.act_h(self.norm_h(self.tfc_h(xh)) + self.pair_mean(xh))
-        w = self.act_w(self.norm_w(self.tfc_w(xw)) + self.pair_mean(xw))
-        c = residual_fc(self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
+        theta_h = residual_fc(k, self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
+        theta_w = residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
+        xh = residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
+        xw = residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
+        mh, qh = phase_quantize(k, self.move_tfch, self.tfc_h, self.pair_mean, xh, theta_h)
+        mw, qw = phase_quantize(k, self.move_tfcw, self.tfc_w, self.pair_mean, xw, theta_w)
+        h = norm_act(k, self.norm_h, self.act_h, self.tfc_h.convolve(qh), mh)
+        w = norm_act(k, self.norm_w, self.act_w, self.tfc_w.convolve(qw), mw)
+        c = residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
         a = ACCURATE_POOL(((h + w) + c) + u)
         a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
-        a = ops.softmax(a, axis=0).reshape(3, batch, self.dim, 1, 1)
-        if self.fast:
-            x = ((channel_scale(h, a[0]) + channel_scale(w, a[1])) + channel_scale(c, a[2])) + u
-        else:
-            x = ((h * a[0] + w * a[1]) + c * a[2]) + u
-        return residual_fc(self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
+        x = mix3(k, self.fast, h, w, c, u, ops.softmax(a, axis=0))
+        return residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
 
     def construct_fused(self, u):
         k, batch = self.kernels, u.shape[0]
@@ -305,20 +297,20 @@ class WaveBlock(nn.Cell):
         self.norm_h = batch_norm(dim)
         self.norm_w = batch_norm(dim)
         self.drop_path = DropPath(drop_path)
-        self.kernels = None
+        self.kernels = self.train_kernels = None
         self.fusable = True
         self.group_norm = isinstance(self.norm1, nn.GroupNorm)  # GroupNorm(1, C) of NORM_LAYERS
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
             return self.construct_fused(x)
+        k = self.train_kernels if self.training else None
         x = x + self.drop_path(self.attn(self.norm1(x)))
         m = self.norm2(x)
         a = self.mlp(m)
-        b = residual_fc(self.move_h, self.sfc_h, self.norm_h, self.act1, m)
-        c = residual_fc(self.move_w, self.sfc_w, self.norm_w, self.act2, m)
-        w0, w1 = self.weight[0], self.weight[1]
-        return x + self.drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)
+        b = residual_fc(k, self.move_h, self.sfc_h, self.norm_h, self.act1, m)
+        c = residual_fc(k, self.move_w, self.sfc_w, self.norm_w, self.act2, m)
+        return wave_mix(k, x, a, b, c, self.weight, self.drop_path)
 
     def construct_fused(self, x):
         k = self.kernels
@@ -346,14 +338,15 @@ class PatchEmbed(nn.Cell):
                               padding=padding, has_bias=True)
         self.norm = norm_layer(dim)
         self.act = RPReLU(dim, fast)
-        self.kernels = None
+        self.kernels = self.train_kernels = None
         self.fusable = True
         self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
         if self.kernels is not None and not self.training:
             return fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
-        return self.act(self.norm(self.proj(x)))
+        k = self.train_kernels if self.training and self.batch_norm else None
+        return norm_act(k, self.norm, self.act, self.proj(x))
 
 
 def fused_norm_act(kernels, batch_norm, norm, act, x):
@@ -375,7 +368,7 @@ class Downsample(nn.Cell):
         self.pool3 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
         self.pool5 = nn.MaxPool2d(kernel_size=5, stride=2, pad_mode="same")
         self.pool7 = nn.MaxPool2d(kernel_size=7, stride=2, pad_mode="same")
-        self.kernels = None
+        self.kernels = self.train_kernels = None
         self.fusable = True
         self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
@@ -383,8 +376,9 @@ class Downsample(nn.Cell):
         if self.kernels is not None and not self.training:
             x = fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
             return self.kernels.pool4(x)
-        x = self.act(self.norm(self.proj(x)))
-        return (((self.pool2(x) + self.pool3(x)) + self.pool5(x)) + self.pool7(x)) / 4.0
+        k = self.train_kernels if self.training else None
+        x = norm_act(k if self.batch_norm else None, self.norm, self.act, self.proj(x))
+        return pool4(k, (self.pool2, self.pool3, self.pool5, self.pool7), x)
 
 
 class BiMLP(nn.Cell):
@@ -400,13 +394,19 @@ class BiMLP(nn.Cell):
         fast: compute with MindSpore CPU kernels that are faster and leaner but give
             bit-identical results; False restores the straightforward operators.
         fused: in eval mode (set_train(False)), run the forward as the fused CPU kernels
-            of src/fused_cpu.cc: the same logits, several times faster. They have no
-            gradient, so the default is off for the library; eval.py and predict.py pass
-            None: on whenever binary, fast, on CPU and a C++ compiler is available.
+            of src/fused_cpu.cc: the same logits, several times faster. None (default): on
+            whenever binary, fast, on CPU and a C++ compiler is available; False: off.
+        fused_training: in training, run the element-wise chains, the line convolutions and
+            the downsampling pools as the fused kernels of src/fused_train.cc, forward and
+            backward (binary or float twin). Off by default; train.py turns it on on CPU.
+        engine: "exact" (logits bit-identical to the released network) or "xnor": the fused
+            path (whatever `fused` says) with its binary 1x1 convolutions on packed bits in
+            integer arithmetic, faster, logits equal up to float rounding (src/xnor_cpu.cc).
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
-                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=False):
+                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=None,
+                 fused_training=False, engine="exact"):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
@@ -428,18 +428,30 @@ class BiMLP(nn.Cell):
         self.norm = norm_layer(embed_dims[-1])
         self.head = nn.Dense(embed_dims[-1], num_classes,
                              weight_init=TruncatedNormal(0.02), bias_init="zeros")
+        fused = weight_cache.check_engine(engine, fused, binary, fast)
         if fused is None:
             fused = binary and fast and fused_kernels.available()
         if fused and not binary:
             raise ValueError("the fused kernels binarize activations: use fused=False for the float twin")
-        if fused and not fused_kernels.available():
-            raise ValueError("fused=True needs MindSpore on CPU and src/fused_cpu.cc built: a C++ compiler "
+        if (fused or fused_training) and not fused_kernels.available():
+            raise ValueError("the fused kernels need MindSpore on CPU and src/fused_*.cc built: a C++ compiler "
                              "and a writable cache directory (see the warning above)")
-        self.fused = bool(fused)
+        self.fused, self.fused_training, self.engine = bool(fused), bool(fused_training), engine
+        cells = [cell for _, cell in self.cells_and_names()]
         if self.fused:
             kernels = fused_kernels.Kernels()
-            for cell in [cell for _, cell in self.cells_and_names() if getattr(cell, "fusable", False)]:
+            for cell in [cell for cell in cells if getattr(cell, "fusable", False)]:
                 cell.kernels = kernels
+            self.binarized_weights = weight_cache.BinarizedWeights(self, kernels, engine)
+        if self.fused_training:
+            train_kernels = fused_kernels.TrainKernels()
+            for cell in [cell for cell in cells if hasattr(cell, "train_kernels")]:
+                cell.train_kernels = train_kernels
+
+    def __call__(self, *args, **kwargs):
+        if self.fused and not self.training:
+            self.binarized_weights.refresh()
+        return super().__call__(*args, **kwargs)
 
     def forward_features(self, x):
         x = self.patch_embed(x)

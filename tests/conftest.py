@@ -50,3 +50,15 @@ class Weighted(nn.Cell):
 
     def construct(self, x):
         return (self.f(x) * self.g).sum()
+
+
+def packed_copy(checkpoint, model):
+    """checkpoint packed by pack.py (in its own process: the packer fixes the device mode) beside it."""
+    import subprocess
+
+    packed = os.path.splitext(checkpoint)[0] + ".packed"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pack.py"), "--checkpoint_path", checkpoint,
+                           "--model", model, "--output", packed], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return packed

@@ -53,3 +53,15 @@ def write_idx(folder, split, images, labels):
     with open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), "wb") as handle:
         handle.write(struct.pack(">II", 2049, len(labels)) + np.asarray(labels, np.uint8).tobytes())
     return folder
+
+
+def write_high_depth(file, pixels, mode):
+    """Grayscale uint8 pixels saved at a higher depth with the same brightness: as PIL mode I;16
+    (x 257, a 16-bit PNG or TIFF), I (x 257 as 32-bit integers, TIFF) or F (/ 255, float TIFF)."""
+    values = {"I;16": lambda p: p.astype(np.uint16) * 257, "I": lambda p: p.astype(np.int32) * 257,
+              "F": lambda p: p.astype(np.float32) / 255}[mode](np.asarray(pixels))
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    Image.fromarray(values).save(file)
+    with Image.open(file) as image:
+        assert image.mode == mode, image.mode
+    return file

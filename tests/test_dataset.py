@@ -4,12 +4,13 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from data_images import noisy, solid, truncate, write_idx, write_image, write_tree
+from data_images import noisy, solid, truncate, write_high_depth, write_idx, write_image, write_tree
 from src.context import UserError
 from src.dataset import (FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, class_names, count_images,
                          create_dataset, fashion_mnist_folder, num_classes_of, numpy_batches,
-                         preprocess_image_file, resize_size)
+                         preprocess_image_file, readable_class_names, resize_size)
 
 ORANGE = (200, 100, 50)
 
@@ -102,6 +103,32 @@ def test_preprocess_image_file_matches_the_pipeline(formats_tree):
     assert any(np.array_equal(single, image) for image in images)
 
 
+@pytest.mark.parametrize("mode,ext", [("I;16", ".png"), ("I;16", ".tif"), ("I", ".tif"), ("F", ".tif")])
+def test_high_depth_images_decode_like_their_8_bit_copy(tmp_path, mode, ext):
+    pixels = np.asarray(noisy(4).convert("L"))
+    eight = write_image(str(tmp_path / "a" / "eight.png"), pixels, "L")
+    deep = write_high_depth(str(tmp_path / "deep" / f"deep{ext}"), pixels, mode)
+    for name in ("fashion_mnist", "imagefolder"):
+        np.testing.assert_array_equal(preprocess_image_file(deep, name, 32), preprocess_image_file(eight, name, 32))
+
+
+def test_the_pipeline_decodes_16_bit_pngs_like_predict(tmp_path):
+    pixels = np.asarray(noisy(5).convert("L"))
+    write_image(str(tmp_path / "a" / "eight.png"), pixels, "L")
+    deep = write_high_depth(str(tmp_path / "b" / "deep.png"), pixels, "I;16")
+    (images, labels), = batches(create_dataset("imagefolder", str(tmp_path), "val", batch_size=2, image_size=32))
+    assert labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(images[1], images[0])
+    np.testing.assert_array_equal(images[1], preprocess_image_file(deep, "imagefolder", 32))
+
+
+def test_float_pixels_outside_0_to_1_are_refused(tmp_path):
+    file = str(tmp_path / "hdr.tif")
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(file)
+    with pytest.raises(UserError, match=r"cannot decode .*hdr.tif: F pixels from 3.5 to 3.5 lie outside 0..1"):
+        preprocess_image_file(file, "imagefolder")
+
+
 def test_shards_split_the_images_disjointly(tmp_path):
     for i in range(8):
         write_image(str(tmp_path / f"class{i % 2}" / f"{i}.png"), solid((i * 30,) * 3, size=(16, 16)))
@@ -140,9 +167,41 @@ def test_bad_folders_are_user_errors(tmp_path, layout, message):
         create_dataset("imagefolder", str(root), "val", batch_size=2)
 
 
-def test_imagenet_needs_1000_class_folders(formats_tree):
-    with pytest.raises(UserError, match="3 class folders.*--dataset imagefolder"):
+def test_imagenet_refuses_folders_that_are_not_synsets(formats_tree):
+    with pytest.raises(UserError, match="3 class folders that are not ImageNet-1k synsets .*--dataset imagefolder"):
         create_dataset("imagenet", formats_tree, "val", batch_size=2)
+    with pytest.raises(UserError, match="not ImageNet-1k synsets"):
+        num_classes_of("imagenet", formats_tree)
+
+
+# Three ImageNet-1k classes far from the first ones, with their canonical indices.
+SUBSET = {"n01530575": 10, "n04554684": 897, "n15075141": 999}
+
+
+def test_imagenet_subset_gets_the_canonical_labels(tmp_path):
+    for synset in SUBSET:
+        write_image(str(tmp_path / synset / "a.png"), solid(ORANGE, size=(8, 8)))
+    (_, labels), = batches(create_dataset("imagenet", str(tmp_path), "val", batch_size=4, image_size=8))
+    assert labels.tolist() == sorted(SUBSET.values())
+    assert num_classes_of("imagenet", str(tmp_path)) == 1000 and count_images("imagenet", str(tmp_path)) == 3
+    names = class_names("imagenet")
+    assert len(names) == 1000 and names == sorted(names) and [names[i] for i in SUBSET.values()] == list(SUBSET)
+    assert readable_class_names(["n01440764", "n15075141", "cat"]) == [
+        "tench, Tinca tinca", "toilet tissue, toilet paper, bathroom tissue", "cat"]
+
+
+def test_given_classes_label_folders_by_name(tmp_path):
+    for name in ("c", "b"):
+        write_image(str(tmp_path / "some" / name / "x.png"), solid(ORANGE, size=(8, 8)))
+    write_image(str(tmp_path / "other" / "d" / "x.png"), solid(ORANGE, size=(8, 8)))
+    dataset = create_dataset("imagefolder", str(tmp_path / "some"), "val", batch_size=4, image_size=8,
+                             classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")
+    (_, labels), = batches(dataset)
+    assert labels.tolist() == [1, 2]
+    with pytest.raises(UserError, match=r"folders d are not among the 3 classes of the checkpoint x.ckpt \(a, b, c\)"):
+        count_images("imagefolder", str(tmp_path / "other"), "val", ["a", "b", "c"], "the checkpoint x.ckpt")
+    with pytest.raises(UserError, match="Fashion-MNIST's classes are T-shirt/top"):
+        create_dataset("fashion_mnist", None, "val", classes=["a", "b", "c"], classes_from="the checkpoint x.ckpt")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])

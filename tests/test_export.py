@@ -9,7 +9,7 @@ import pytest
 from mindspore import nn, ops
 
 import export
-from conftest import ROOT, require_module
+from conftest import ROOT, packed_copy, require_module
 from reference import reference_params
 from src.checkpoint import BINARY_MARKER, load_weights, save_checkpoint
 from src.context import UserError, run_cli
@@ -27,12 +27,13 @@ def images(model):
 
 def export_command(model, checkpoint, file_format, file_name):
     return [sys.executable, os.path.join(ROOT, "export.py"), "--checkpoint_path", checkpoint,
-            "--checkpoint_nm", model, "--file_format", file_format, "--batch_size", str(BATCH),
+            "--model", model, "--file_format", file_format, "--batch_size", str(BATCH),
             "--image_size", str(SHAPES[model][1]), "--file_name", file_name]
 
 
 def seeded_checkpoint(model, path):
-    """BiMLP_T: seeded random weights; BiMLP_M: the upstream reference weights (calibrated statistics)."""
+    """BiMLP_T: seeded random weights, packed (export.py reads packed files as they are, logits
+    bit-identical); BiMLP_M: the upstream reference weights (calibrated statistics), a .ckpt."""
     if model == "BiMLP_M":
         net = create_model(model)
         params = {n: ms.Parameter(ms.Tensor(v), name=n) for n, v in reference_params(model, 4)}
@@ -41,7 +42,7 @@ def seeded_checkpoint(model, path):
         ms.set_seed(1)
         net = create_model(model)
     ms.save_checkpoint(net, path)
-    return path
+    return packed_copy(path, model) if model == "BiMLP_T" else path
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
@@ -121,7 +122,7 @@ def test_an_unwritable_file_name_is_refused_before_any_work(tmp_path, capsys):
 def test_float_twins_export_with_binary_false(tmp_path, capsys, monkeypatch):
     checkpoint = str(tmp_path / "float.ckpt")
     save_checkpoint(create_model("BiMLP_T", binary=False), checkpoint, append_dict={BINARY_MARKER: 0})
-    argv = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T", "--file_name", str(tmp_path / "net")]
+    argv = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T", "--file_name", str(tmp_path / "net")]
     with pytest.raises(SystemExit):
         run_cli(lambda: export.main(argv))
     assert "holds a float network, but a binary one was built: pass --binary false" in capsys.readouterr().err

@@ -119,14 +119,6 @@ def test_checkpoints_carry_a_crc_and_a_damaged_one_is_refused(tmp_path, saved, t
     load_weights(create_model("BiMLP_T"), str(plain), "BiMLP_T")
 
 
-def test_committed_checkpoints_carry_a_crc():
-    folder = os.path.join(ROOT, "checkpoints")
-    for name in os.listdir(folder):
-        with open(os.path.join(folder, name), "rb") as f:
-            f.seek(-17, os.SEEK_END)
-            assert f.read(7) == b"crc_num", name
-
-
 def test_empty_and_renamed_checkpoints(tmp_path, saved):
     path, data = saved
     (tmp_path / "empty.ckpt").write_bytes(b"")

@@ -1,4 +1,6 @@
 """The fused CPU kernels (src/fused_cpu.cc) give bit-identical results to the operators they replace."""
+import warnings
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -176,17 +178,22 @@ def test_sums_and_mixes():
                                         (ms.PYNATIVE_MODE, "BiMLP_T14")])
 def test_fused_network_equals_unfused_in_eval_and_is_off_in_training(mode, model):
     ms.set_context(mode=mode)
-    nets = [create_model(model, fused=flag) for flag in (True, False)]
-    assert [net.fused for net in nets] == [True, False]
+    nets = [create_model(model), create_model(model, fused=False)]
+    assert [net.fused for net in nets] == [True, False]  # the library default fuses where it can
     randomize(nets[0], 7)
     ms.load_param_into_net(nets[1], {p.name: p for p in nets[0].get_parameters()}, strict_load=True)
     blocks = [cell for _, cell in nets[0].cells_and_names() if isinstance(cell, WaveBlock)]
     assert all(b.mlp.kernels is not None and b.attn.reweight.kernels is None for b in blocks)
     x = data((5, 1, 28, 28), 8)
     for train in (False, True):
+        outputs, ran = [], []
         for net in nets:
             net.set_train(train)
-        outputs = [net(x).asnumpy() for net in nets]
+            before = fused.kernel_calls()["inference"]
+            outputs.append(net(x).asnumpy())
+            ran.append(fused.kernel_calls()["inference"] > before)
+        # The outputs are bit-identical either way: the kernel call count tells which path ran.
+        assert ran == [not train, False], f"train={train}"
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=f"train={train}")
 
 
@@ -194,5 +201,23 @@ def test_float_twin_and_other_platforms_do_not_fuse():
     assert not create_model("BiMLP_T", binary=False).fused
     with pytest.raises(ValueError, match="float twin"):
         create_model("BiMLP_T", binary=False, fused=True)
-    assert not create_model("BiMLP_T").fused  # off in the library: the kernels have no gradient
-    assert create_model("BiMLP_T", fused=None).fused  # auto: CPU with a compiler
+    assert create_model("BiMLP_T").fused  # the default: auto, on CPU with a compiler
+    assert not create_model("BiMLP_T", fused=False).fused
+
+
+@pytest.mark.parametrize("broken", ["no compiler", "unwritable cache"])
+def test_without_a_library_the_network_runs_unfused(monkeypatch, tmp_path, broken):
+    monkeypatch.setattr(fused, "_library", {})
+    if broken == "no compiler":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    else:
+        (tmp_path / "file").write_text("a file where the cache directory should be")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fused.library_path() is None
+    assert any("without its fused CPU kernels" in str(w.message) for w in caught)
+    assert not create_model("BiMLP_T", fused=None).fused
+    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
+        create_model("BiMLP_T", fused=True)

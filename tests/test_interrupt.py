@@ -27,7 +27,7 @@ def random_fashion(tmp_path_factory):
 def test_ctrl_c_during_graph_compilation_stops_within_seconds(random_fashion, tmp_path, script):
     common = ["--dataset_path", random_fashion, "--mode", "graph"]
     if script == "eval.py":
-        command, started, progress = [*common, "--checkpoint_nm", "BiMLP_T"], "compiling the network graph", "eval:"
+        command, started, progress = [*common, "--model", "BiMLP_T"], "compiling the network graph", "eval:"
     else:
         command = [*common, "--config", os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml"),
                    "--output_dir", str(tmp_path / "run"), "--batch_size", "8", "--num_workers", "1"]

@@ -72,6 +72,7 @@ def test_fast_and_straightforward_paths_give_identical_logits(train):
 def test_gradients_reach_the_trainable_parameters():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     net = create_model("BiMLP_T")
+    net.set_train(True)  # in eval mode the default network runs the inference kernels, which have no gradient
     for _, cell in net.cells_and_names():
         if isinstance(cell, WaveBlock):  # at init (0, 0) the two depthwise branches are switched off
             cell.weight.set_data(Tensor(np.array([0.3, 0.3], np.float32)))

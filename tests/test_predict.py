@@ -11,13 +11,16 @@ import pytest
 from PIL import Image
 
 import predict
-from conftest import ROOT
-from src.checkpoint import BINARY_MARKER, save_checkpoint
+from conftest import ROOT, packed_copy
+from data_images import write_high_depth
+from src.checkpoint import CLASS_NAMES_RECORD, load_weights, model_records, save_checkpoint
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
+from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import create_model
 
 IMAGES = 3
+RECORDED = [f"{name} (recorded)" for name in FASHION_MNIST_CLASSES]
 
 
 def fashion_mnist_test_images(count):
@@ -27,16 +30,19 @@ def fashion_mnist_test_images(count):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A seeded BiMLP_T checkpoint and a folder with the first test images as PNG plus one broken file."""
+    """A seeded BiMLP_T checkpoint recording the class names RECORDED, and a folder with the first test
+    images as PNG, the first one also as a 16-bit PNG, plus one broken file."""
     folder = tmp_path_factory.mktemp("predict")
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
-    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint)
-    save_checkpoint(create_model("BiMLP_T", binary=False), str(folder / "float.ckpt"), append_dict={BINARY_MARKER: 0})
+    ms.save_checkpoint(create_model("BiMLP_T"), checkpoint, append_dict=model_records(True, RECORDED))
+    save_checkpoint(create_model("BiMLP_T", binary=False), str(folder / "float.ckpt"),
+                    append_dict=model_records(False, RECORDED))
     images = folder / "images"
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
         Image.fromarray(pixels).save(images / f"{index}.png")
+    write_high_depth(str(images / "0_16bit.png"), fashion_mnist_test_images(1)[0], "I;16")
     (images / "broken.png").write_text("not an image")
     (images / "notes.txt").write_text("not an image either, and not an image name")
     return checkpoint, str(images)
@@ -48,18 +54,23 @@ def predict_command(*args):
 
 @pytest.fixture(scope="module")
 def outputs(setup, tmp_path_factory):
-    """stdout of predict.py on the folder with --json, and on one image with a class-name file (run in parallel)."""
+    """stdout of predict.py on the folder with --json (from the packed checkpoint), and on one image with a
+    class-name file (run in parallel)."""
     checkpoint, folder = setup
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
-    common = ["--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    common = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     float_twin = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
-    commands = {"json": predict_command("--image", folder, "--json", *common),
+    commands = {"json": predict_command("--image", folder, "--json", "--checkpoint_path",
+                                        packed_copy(checkpoint, "BiMLP_T"), "--model", "BiMLP_T"),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
                                           "--top_k", "3", *common),
+                "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json"),
                 "float": predict_command("--image", os.path.join(folder, "0.png"), "--checkpoint_path", float_twin,
-                                         "--checkpoint_nm", "BiMLP_T", "--binary", "false")}
-    runs = {key: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                         "--model", "BiMLP_T", "--binary", "false")}
+    # Run from elsewhere: the shipped checkpoint must be found from the script's folder, not the caller's.
+    elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
+    runs = {key: subprocess.Popen(command, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for key, command in commands.items()}
     results = {}
     for key, proc in runs.items():
@@ -85,12 +96,13 @@ def test_png_preprocessing_is_the_eval_pipeline():
 def test_folder_as_json(setup, outputs):
     checkpoint = setup[0]
     result = json.loads(outputs["json"])
-    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "1.png", "2.png"]
+    assert [os.path.basename(p["image"]) for p in result["predictions"]] == ["0.png", "0_16bit.png", "1.png", "2.png"]
+    assert result["predictions"][1]["top_k"] == result["predictions"][0]["top_k"]
     assert [os.path.basename(s["image"]) for s in result["skipped"]] == ["broken.png"]
     for prediction in result["predictions"]:
         top = prediction["top_k"]
         assert [entry["rank"] for entry in top] == [1, 2, 3, 4, 5]
-        assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
+        assert all(entry["label"] == RECORDED[entry["class"]] for entry in top)
         probs = [entry["probability"] for entry in top]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-9
 
@@ -101,6 +113,19 @@ def test_folder_as_json(setup, outputs):
     images = np.stack([preprocess_image_file(p["image"], "fashion_mnist") for p in result["predictions"]])
     logits = net(ms.Tensor(images)).asnumpy()
     assert [p["top_k"][0]["class"] for p in result["predictions"]] == logits.argmax(1).tolist()
+
+
+def test_without_checkpoint_path_the_shipped_default_variant_predicts(setup, outputs):
+    result = json.loads(outputs["shipped"])
+    assert (result["model"], result["checkpoint"]) == (SHIPPED_DEFAULT_MODEL, shipped_checkpoint(SHIPPED_DEFAULT_MODEL))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = create_model(SHIPPED_DEFAULT_MODEL)
+    load_weights(net, result["checkpoint"], SHIPPED_DEFAULT_MODEL)
+    net.set_train(False)
+    logits = net(ms.Tensor(preprocess_image_file(os.path.join(setup[1], "0.png"), "fashion_mnist")[None])).asnumpy()
+    top = result["predictions"][0]["top_k"]
+    assert [entry["class"] for entry in top] == np.argsort(-logits[0], kind="stable")[:5].tolist()
+    assert all(entry["label"] == FASHION_MNIST_CLASSES[entry["class"]] for entry in top)
 
 
 def test_single_image_readable_with_class_file(outputs):
@@ -124,6 +149,15 @@ def test_a_float_twin_classifies_with_binary_false(outputs):
     assert lines[0].endswith("0.png") and len(lines) == 6
 
 
+def test_names_without_a_record_are_the_variants_datasets():
+    assert predict.class_names("BiMLP_T14", 10, {}) == list(FASHION_MNIST_CLASSES)
+    imagenet = predict.class_names("BiMLP_S", 1000, {})
+    assert imagenet[0] == "tench, Tinca tinca" and imagenet[897] == "washer, automatic washer, washing machine"
+    assert predict.class_names("BiMLP_S", 3, {}) == ["class 0", "class 1", "class 2"]
+    recorded = {CLASS_NAMES_RECORD: '["n01530575", "cat"]'}
+    assert predict.class_names("BiMLP_S", 3, recorded) == ["brambling, Fringilla montifringilla", "cat", "class 2"]
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "image or folder not found"),
     ("empty", "no images"),
@@ -132,6 +166,8 @@ def test_a_float_twin_classifies_with_binary_false(outputs):
     ("size 0", "--image_size must be at least 16, got 0"),
     ("size 5", "--image_size must be at least 16, got 5"),
     ("float twin", "holds a float network, but a binary one was built: pass --binary false"),
+    ("no_shipped_checkpoint", "--checkpoint_path is required for BiMLP_S"),
+    ("xnor_gpu", "--engine xnor runs on the fused CPU kernels"),
 ])
 def test_errors(case, message, setup, tmp_path, capsys):
     checkpoint, folder = setup
@@ -141,11 +177,15 @@ def test_errors(case, message, setup, tmp_path, capsys):
     names.write_text("a\nb\n")
     if case == "float twin":
         checkpoint = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
-    argv = ["--image", image, "--checkpoint_path", checkpoint, "--checkpoint_nm", "BiMLP_T"]
+    argv = ["--image", image, "--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
     if case.startswith("size"):
         argv += ["--image_size", case.split()[1]]
+    if case == "no_shipped_checkpoint":
+        argv = ["--image", image, "--model", "BiMLP_S"]
+    elif case == "xnor_gpu":
+        argv += ["--engine", "xnor", "--platform", "GPU"]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: predict.main(argv))
     assert exit_info.value.code == 2

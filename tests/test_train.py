@@ -1,5 +1,5 @@
-"""train.py: configs, schedule, checkpoints, resume after Ctrl-C, divergence, output-folder safety,
-msrun data parallelism.
+"""train.py: configs, schedule, checkpoints, resume after Ctrl-C, divergence, output-folder safety
+(msrun: test_distribute.py).
 
 Runs use BiMLP_T on a small real Fashion-MNIST subset (the first images of the
 Debian package's files), so each training process takes well under a minute.
@@ -19,12 +19,12 @@ import pytest
 import yaml
 
 import train
-from conftest import ROOT, require_tool
-from data_images import write_idx
-from src.checkpoint import BINARY_MARKER, save_checkpoint
+from conftest import ROOT, packed_copy
+from data_images import noisy, write_idx, write_tree
+from src.checkpoint import BINARY_MARKER, model_records, recorded_class_names, save_checkpoint
 from src.config import DEFAULTS, load_config
 from src.context import UserError, run_cli
-from src.dataset import FASHION_MNIST_DIR
+from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 from src.files import FolderLock
 from src.optim import decays, lr_schedule
 from src.run_folder import RUN_FILES, claim_output_dir
@@ -71,7 +71,8 @@ def compile_cache(folder):
 
 
 def checkpoint_arrays(path):
-    return {name: p.asnumpy() for name, p in ms.load_checkpoint(str(path)).items()}
+    """Every entry as an array; records such as the class names are strings."""
+    return {name: p if isinstance(p, str) else p.asnumpy() for name, p in ms.load_checkpoint(str(path)).items()}
 
 
 def digest(path):
@@ -185,7 +186,7 @@ def test_ctrl_c_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_
     assert os.path.isfile(out / "best.ckpt")
 
     evaluated = run([sys.executable, "eval.py", "--checkpoint_path", str(out / "best.ckpt"),
-                     "--checkpoint_nm", "BiMLP_T", "--dataset_path", small_fashion, "--batch_size", "16"])
+                     "--model", "BiMLP_T", "--dataset_path", small_fashion, "--batch_size", "16"])
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "'num_samples': 40" in evaluated.stdout
 
@@ -330,6 +331,7 @@ def test_a_teacher_of_another_variant_is_named_without_other_commands_flags(tmp_
     (["--resume", "missing.ckpt"], "nothing to resume"),
     (["--model", "BiMLP_X"], "unknown model"),
     (["--dataset", "imagenet", "--dataset_path", ""], "--dataset_path is required"),
+    (["--num_classes", "5"], "num_classes 5 is fewer than the 10 classes of"),
 ])
 def test_bad_training_input_is_one_clear_error(tmp_path, flags, message):
     result = run([sys.executable, "train.py", "--config", CONFIG, "--output_dir", str(tmp_path), *flags])
@@ -337,30 +339,12 @@ def test_bad_training_input_is_one_clear_error(tmp_path, flags, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_msrun_two_cpu_workers_read_different_shards_and_stay_in_sync(small_fashion, tmp_path):
-    require_tool("msrun", path=os.path.dirname(sys.executable))
-    logs = tmp_path / "logs"
-    env = dict(os.environ, LOG_DIR=str(logs), MASTER_PORT=str(8200 + os.getpid() % 500),
-               PYTHON=sys.executable)
-    result = subprocess.run(
-        ["bash", "scripts/run_distribute_train_cpu.sh", "2", CONFIG, "--dataset_path", small_fashion,
-         "--output_dir", str(tmp_path / "out"), "--batch_size", "8", "--steps_per_epoch", "3", "--epochs", "1",
-         "--num_workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    worker_logs = "".join((logs / name).read_text() for name in sorted(os.listdir(logs)) if "worker" in name)
-    assert result.returncode == 0, (result.stderr + worker_logs)[-4000:]
-    found = dict((int(r), (d, p)) for r, d, p in re.findall(
-        r"rank (\d)/2: data digest (\w+), parameter digest (\w+)", worker_logs))
-    assert sorted(found) == [0, 1]
-    assert found[0][0] != found[1][0], "both ranks read the same images"
-    assert found[0][1] == found[1][1], "parameters differ between ranks after training"
-    assert os.path.isfile(tmp_path / "out" / "last.ckpt")
-
-
-def test_distillation_from_a_float_teacher_trains(small_fashion, tmp_path):
-    teacher = create_model("BiMLP_T", binary=False)
-    ms.save_checkpoint(teacher, str(tmp_path / "teacher.ckpt"))
+def test_distillation_from_a_packed_float_teacher_trains(small_fashion, tmp_path):
+    teacher = str(tmp_path / "teacher.ckpt")
+    ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
+                       append_dict=model_records(False, FASHION_MNIST_CLASSES))
     result = run(train_args(small_fashion, tmp_path / "kd", "--epochs", "1", "--steps_per_epoch", "3",
-                            "--teacher_checkpoint", str(tmp_path / "teacher.ckpt"), "--distill_alpha", "0.5"))
+                            "--teacher_checkpoint", packed_copy(teacher, "BiMLP_T"), "--distill_alpha", "0.5"))
     assert result.returncode == 0, result.stderr[-3000:]
     names = set(ms.load_checkpoint(str(tmp_path / "kd" / "best.ckpt")))
     assert "head.weight" in names and not any(name.startswith(("teacher.", "net.")) for name in names)
@@ -378,7 +362,7 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     assert result.returncode == 0, result.stderr[-3000:]
     float_ckpt = str(tmp_path / "float" / "best.ckpt")
     evaluate = [sys.executable, "eval.py", "--dataset_path", small_fashion, "--checkpoint_path", float_ckpt,
-                "--checkpoint_nm", "BiMLP_T", "--mode", "pynative"]
+                "--model", "BiMLP_T", "--mode", "pynative"]
     as_binary = run(evaluate)
     assert as_binary.returncode == 2 and "holds a float network" in as_binary.stderr
     assert "Traceback" not in as_binary.stderr
@@ -392,6 +376,47 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt"),
                         "--mode", "pynative"))
     assert kd.returncode == 2 and "must be a float twin" in kd.stderr
+
+
+def image_folders(root, splits):
+    """{split: class folders} -> a train/ + val/ tree with two small images per class."""
+    files = {f"{split}/{name}/{i}.png": (noisy(i, size=(16, 16)), "RGB")
+             for split, names in splits.items() for name in names for i in range(2)}
+    return write_tree(str(root), files)
+
+
+def test_image_folders_are_labelled_by_class_name_and_checkpoints_record_the_names(tmp_path):
+    # PYNATIVE, one step of BiMLP_S at 32x32: the labels, not the training, are under test.
+    def train_on(data, out, *extra):
+        return run(train_args(data, out, "--model", "BiMLP_S", "--dataset", "imagefolder", "--image_size", "32",
+                              "--batch_size", "2", "--steps_per_epoch", "1", "--epochs", "1", "--mode", "pynative",
+                              *extra))
+
+    fewer_val = image_folders(tmp_path / "fewer_val", {"train": "abc", "val": "ac"})
+    result = train_on(fewer_val, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("best.ckpt", "last.ckpt"):
+        assert recorded_class_names(ms.load_checkpoint(str(tmp_path / "run" / name))) == ["a", "b", "c"]
+
+    more_val = image_folders(tmp_path / "more_val", {"train": "ac", "val": "abc"})
+    refused = train_on(more_val, tmp_path / "refused")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"class folders b are not among the 2 classes of {more_val}/train (a, c)" in refused.stderr
+
+    other = image_folders(tmp_path / "other", {"train": "ac", "val": "a"})
+    resumed = train_on(other, tmp_path / "resumed", "--resume", str(tmp_path / "run" / "last.ckpt"))
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "was trained on other classes (a, b, c) than" in resumed.stderr
+
+
+def test_a_teacher_of_other_classes_is_refused(tmp_path):
+    teacher = str(tmp_path / "teacher.ckpt")
+    ms.save_checkpoint(create_model("BiMLP_T", binary=False), teacher,
+                       append_dict=model_records(False, [f"item {i}" for i in range(10)]))
+    config = {**DEFAULTS, "model": "BiMLP_T", "dataset": "fashion_mnist",
+              "teacher_checkpoint": packed_copy(teacher, "BiMLP_T")}
+    with pytest.raises(UserError, match="teacher.packed was trained on other classes"):
+        train.build_teacher(config, 10, list(FASHION_MNIST_CLASSES))
 
 
 def test_learning_curves_are_plotted_from_two_logs(tmp_path):

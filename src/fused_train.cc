@@ -1,0 +1,612 @@
+// Fused CPU kernels for BiMLP training (MindSpore "aot" custom operators), forward and
+// backward. Each forward does in one pass what the network otherwise does in 5-20
+// MindSpore CPU operators; each backward is its hand-written gradient, checked against
+// MindSpore's autodiff of the unfused chain by the tests.
+//
+// Tensors are NCHW float32; per-channel parameters are float32 arrays of C values.
+// Forward values follow the operators' order where that is cheap (the binarization, the
+// line convolutions, the pooling); batch statistics are summed in double.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_threads.h"
+#include "fused_common.h"
+
+namespace {
+
+const float kRoundingMagic = 12582912.0f;  // 1.5 * 2^23: (x + M) - M is rint(x), ties to even
+const float kEps = 1e-5f;
+
+inline float binarize(float x) { return (std::min(std::max(x, -1.0f), 1.0f) + kRoundingMagic) - kRoundingMagic; }
+inline float ste(float x) { return std::fabs(x) <= 1.0f ? 1.0f : 0.0f; }  // d binarize / dx, straight through
+
+template <typename T>
+T *arg(void **params, int i) {
+  return static_cast<T *>(params[i]);
+}
+
+// Runs body(i) for i in [0, count) on the kernel threads of cpu_threads.h; `work` is how many
+// values one item touches, which decides whether more threads pay.
+template <typename Body>
+void parallel_for(int64_t count, int64_t work, Body body) {
+  bimlp::parallel_for(count, work, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  });
+}
+
+struct Dims {
+  int64_t n, c, hw;
+  int64_t at(int64_t sample, int64_t channel) const { return (sample * c + channel) * hw; }
+};
+
+Dims dims_of(const int64_t *shape) { return {shape[0], shape[1], shape[2] * shape[3]}; }
+
+// Training-mode batch norm of one channel followed by an optional shortcut and RPReLU:
+// y = prelu(gamma * (a - mean) * rstd + beta + s + b1, w) + b2.
+struct RPReLUParams {
+  const float *gamma, *beta, *b1, *w, *b2;
+};
+
+RPReLUParams rprelu_params(void **params, int first) {
+  return {arg<const float>(params, first), arg<const float>(params, first + 1), arg<const float>(params, first + 2),
+          arg<const float>(params, first + 3), arg<const float>(params, first + 4)};
+}
+
+// Running sums of kTerms quantities over a channel's planes. kLanes independent float partial
+// sums let the compiler vectorize the loop over a plane (a single running sum is a serial
+// dependency it may not reorder); they go into double totals after each plane. Batch-norm
+// gradients need that precision: when a channel's gradient is nearly affine in its normalized
+// input, its input gradient is a small difference of these sums.
+constexpr int kLanes = 8;
+
+template <int kTerms>
+struct LaneSums {
+  float lanes[kTerms][kLanes] = {};
+  double totals[kTerms] = {};
+
+  // Adds term(i, values) (kTerms values of element i) for i in [0, count).
+  template <typename Term>
+  void add(int64_t count, Term term) {
+    int64_t i = 0;
+    for (; i + kLanes <= count; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        float values[kTerms];
+        term(i + l, values);
+        for (int t = 0; t < kTerms; ++t) lanes[t][l] += values[t];
+      }
+    for (; i < count; ++i) {
+      float values[kTerms];
+      term(i, values);
+      for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
+    }
+    flush();
+  }
+
+  void flush() {
+    for (int t = 0; t < kTerms; ++t)
+      for (int l = 0; l < kLanes; ++l) {
+        totals[t] += lanes[t][l];
+        lanes[t][l] = 0.0f;
+      }
+  }
+
+  double total(int t) const { return totals[t]; }
+};
+
+// Batch mean and biased variance of channel c.
+void channel_moments(const float *a, const Dims &d, int64_t c, double *mean, double *var) {
+  LaneSums<2> sums;
+  for (int64_t n = 0; n < d.n; ++n) {
+    const float *p = a + d.at(n, c);
+    sums.add(d.hw, [&](int64_t i, float *v) { v[0] = p[i]; v[1] = p[i] * p[i]; });
+  }
+  const double count = static_cast<double>(d.n * d.hw);
+  *mean = sums.total(0) / count;
+  *var = std::max(sums.total(1) / count - *mean * *mean, 0.0);
+}
+
+// Forward of act(bn(a) [+ s]); outputs y, the batch mean and the biased batch variance.
+template <bool shortcut>
+int bn_act_forward(void **params, int64_t **shapes) {
+  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
+  const int first = shortcut ? 2 : 1;
+  const RPReLUParams k = rprelu_params(params, first);
+  float *y = arg<float>(params, first + 5), *mean_out = arg<float>(params, first + 6);
+  float *var_out = arg<float>(params, first + 7);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    double mean, var;
+    channel_moments(a, d, c, &mean, &var);
+    mean_out[c] = static_cast<float>(mean);
+    var_out[c] = static_cast<float>(var);
+    const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
+    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        float u = (a[o + i] - m) * scale + beta;
+        if (shortcut) u = u + s[o + i];
+        u = u + b1;
+        y[o + i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+      }
+    }
+  });
+  return 0;
+}
+
+// Backward of bn_act_forward: inputs a, [s,] gamma, beta, b1, w, b2, mean, var, dy;
+// outputs da, [ds,] dgamma, dbeta, db1, dw, db2.
+template <bool shortcut>
+int bn_act_backward(void **params, int64_t **shapes) {
+  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
+  const int first = shortcut ? 2 : 1;
+  const RPReLUParams k = rprelu_params(params, first);
+  const float *mean_in = arg<const float>(params, first + 5), *var_in = arg<const float>(params, first + 6);
+  const float *dy = arg<const float>(params, first + 7);
+  int out = first + 8;
+  float *da = arg<float>(params, out++), *ds = shortcut ? arg<float>(params, out++) : nullptr;
+  float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
+  float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    const float m = mean_in[c], gamma = k.gamma[c];
+    const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
+    const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
+    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
+    // Pass 1: dz = dy * prelu'(u) into da (scratch), and the channel sums of dz, dz * xhat,
+    // dy and dy * min(u, 0).
+    LaneSums<4> sums;
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      sums.add(d.hw, [&](int64_t i, float *v) {
+        const float xhat = (a[o + i] - m) * rstd;
+        float u = (a[o + i] - m) * scale + beta;
+        if (shortcut) u = u + s[o + i];
+        u = u + b1;
+        const float g = dy[o + i];
+        const float dz = u > 0.0f ? g : g * w;
+        da[o + i] = dz;
+        v[0] = dz;
+        v[1] = dz * xhat;
+        v[2] = g;
+        v[3] = g * std::min(u, 0.0f);
+      });
+    }
+    const double sum_dz = sums.total(0), sum_dz_xhat = sums.total(1), sum_dy = sums.total(2), sum_dw = sums.total(3);
+    const double count = static_cast<double>(d.n * d.hw);
+    const float mean_dz = static_cast<float>(sum_dz / count), mean_dz_xhat = static_cast<float>(sum_dz_xhat / count);
+    // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)).
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float dz = da[o + i], xhat = (a[o + i] - m) * rstd;
+        if (shortcut) ds[o + i] = dz;
+        da[o + i] = scale * ((dz - mean_dz) - xhat * mean_dz_xhat);
+      }
+    }
+    dgamma[c] = static_cast<float>(sum_dz_xhat);
+    dbeta[c] = static_cast<float>(sum_dz);
+    db1[c] = static_cast<float>(sum_dz);
+    dw[c] = static_cast<float>(sum_dw);
+    db2[c] = static_cast<float>(sum_dy);
+  });
+  return 0;
+}
+
+// Downsample's pooling, (((p2 + p3) + p5) + p7) / 4 of stride-2 max-pools with kernels 2,
+// 3, 5, 7 and "same" padding (output ceil(H / 2)). Each window's first maximum in row-major
+// order is recorded, so the backward routes dy / 4 to it.
+const int kPoolKernels[4] = {2, 3, 5, 7};
+
+// Grouped 1xK / Kx1 convolutions with one output channel per group, zero padding (K - 1) / 2 on
+// both sides, stride 1. A plane is laid out with its padding in a buffer so that tap t is one
+// contiguous shift by t * step for the whole plane (step 1 along rows, whose padded width is
+// w + K - 1, or w along columns): each tap is one long vectorizable loop. The padding's zeros add
+// +0 to sums that never are -0, so results equal the unpadded sums.
+struct LineLayout {
+  int64_t h, w, taps, half, width, step, size;
+  bool horizontal;
+  LineLayout(const int64_t *x_shape, const int64_t *w_shape)
+      : h(x_shape[2]), w(x_shape[3]), taps(w_shape[2] * w_shape[3]), half((taps - 1) / 2),
+        width(w_shape[2] == 1 ? w + taps - 1 : w), step(w_shape[2] == 1 ? 1 : w),
+        size(h * width), horizontal(w_shape[2] == 1) {}
+  int64_t padded_size() const { return horizontal ? size + taps - 1 : (h + taps - 1) * w; }
+  // Position of input (r, c) in the padded buffer, and of output (r, c) in an accumulator:
+  // output j reads tap t at padded position j + t * step.
+  int64_t padded(int64_t r, int64_t c) const { return horizontal ? r * width + c + half : (r + half) * w + c; }
+  int64_t acc(int64_t r, int64_t c) const { return r * width + c; }
+};
+
+// Copies a plane into / out of a padded buffer (positions outside the plane keep their zeros).
+void pad_plane(const LineLayout &l, const float *plane, float *buffer) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(buffer + l.padded(r, 0), plane + r * l.w, l.w * sizeof(float));
+}
+
+void unpad_plane(const LineLayout &l, const float *buffer, float *plane) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, buffer + l.padded(r, 0), l.w * sizeof(float));
+}
+
+void put_acc(const LineLayout &l, const float *plane, float *acc) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(acc + l.acc(r, 0), plane + r * l.w, l.w * sizeof(float));
+}
+
+void take_acc(const LineLayout &l, const float *acc, float *plane) {
+  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, acc + l.acc(r, 0), l.w * sizeof(float));
+}
+
+std::atomic<int64_t> kernel_calls[2];
+
+}  // namespace
+
+extern "C" {
+
+void BimlpCountCall(int kind) { kernel_calls[kind].fetch_add(1, std::memory_order_relaxed); }
+
+int64_t BimlpKernelCalls(int kind) { return kernel_calls[kind].load(); }
+
+int BnActTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  return bn_act_forward<false>(params, shapes);
+}
+
+int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  return bn_act_forward<true>(params, shapes);
+}
+
+int BnActTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<false>(params, shapes);
+}
+
+int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<true>(params, shapes);
+}
+
+// t = x + bias, q = rint(clip(t, -1, 1)): a LearnableBias and the 1-bit activation quantizer.
+int MoveBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0), *bias = arg<const float>(params, 1);
+  float *t = arg<float>(params, 2), *q = arg<float>(params, 3);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    const float b = bias[c];
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float v = x[o + i] + b;
+        t[o + i] = v;
+        q[o + i] = binarize(v);
+      }
+    }
+  });
+  return 0;
+}
+
+// Inputs t, dt, dq; outputs dx = dt + dq * [|t| <= 1] and dbias = its sum per channel.
+int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *t = arg<const float>(params, 0), *dt = arg<const float>(params, 1), *dq = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3), *dbias = arg<float>(params, 4);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    LaneSums<1> sum;
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      sum.add(d.hw, [&](int64_t i, float *v) { v[0] = dx[o + i] = dt[o + i] + dq[o + i] * ste(t[o + i]); });
+    }
+    dbias[c] = static_cast<float>(sum.total(0));
+  });
+  return 0;
+}
+
+// PATM's phase input p = concat(x cos(theta), x sin(theta)) + bias, 2C channels, which the
+// network uses twice: binarized, q = rint(clip(p, -1, 1)), and as the mean of channel pairs,
+// m[g] = (p[2g] + p[2g + 1]) / 2 (its uni-shortcut). Channel j of p comes from channel j mod C
+// of x, times cos below C and sin from C on. Outputs q, m, cos, sin (MindSpore's Cos and Sin
+// values, kept for the gradient); p itself is recomputed there, bit for bit.
+struct PhaseChannels {
+  const float *x, *cosine, *sine, *bias;
+  Dims d;
+  // p[n, j, i], computed as the forward computes it.
+  float at(int64_t n, int64_t j, int64_t i) const {
+    const int64_t source = d.at(n, j < d.c ? j : j - d.c);
+    return x[source + i] * (j < d.c ? cosine : sine)[source + i] + bias[j];
+  }
+};
+
+int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
+  const float *bias = arg<const float>(params, 2);
+  float *q = arg<float>(params, 3), *m = arg<float>(params, 4), *cosine = arg<float>(params, 5);
+  float *sine = arg<float>(params, 6);
+  const Dims d = dims_of(shapes[0]);
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    std::vector<int32_t> unsure(d.hw);
+    for (int64_t n = 0; n < d.n; ++n) sincos_rounded(theta + d.at(n, c), sine + d.at(n, c), cosine + d.at(n, c),
+                                                     unsure.data(), d.hw);
+  });
+  const PhaseChannels p{x, cosine, sine, bias, d};
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t g) {
+    for (int64_t n = 0; n < d.n; ++n) {
+      float *q0 = q + (n * 2 * d.c + 2 * g) * d.hw, *q1 = q0 + d.hw, *mean = m + d.at(n, g);
+      for (int64_t i = 0; i < d.hw; ++i) {
+        const float p0 = p.at(n, 2 * g, i), p1 = p.at(n, 2 * g + 1, i);
+        q0[i] = binarize(p0);
+        q1[i] = binarize(p1);
+        mean[i] = (p0 + p1) / 2.0f;
+      }
+    }
+  });
+  return 0;
+}
+
+// Inputs x, cos, sin, bias, dq, dm; outputs dx, dtheta, dbias (2C).
+int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *cosine = arg<const float>(params, 1);
+  const float *sine = arg<const float>(params, 2), *bias = arg<const float>(params, 3);
+  const float *dq = arg<const float>(params, 4), *dm = arg<const float>(params, 5);
+  float *dx = arg<float>(params, 6), *dtheta = arg<float>(params, 7), *dbias = arg<float>(params, 8);
+  const Dims d = dims_of(shapes[0]);
+  const PhaseChannels p{x, cosine, sine, bias, d};
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+    LaneSums<2> sums;
+    const int64_t js = d.c + c;  // channel c of p is x cos, channel C + c is x sin
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, c);
+      const float *dqc = dq + (n * 2 * d.c + c) * d.hw, *dqs = dq + (n * 2 * d.c + js) * d.hw;
+      const float *dmc = dm + d.at(n, c / 2), *dms = dm + d.at(n, js / 2);
+      sums.add(d.hw, [&](int64_t i, float *v) {
+        const float gc = dmc[i] / 2.0f + dqc[i] * ste(p.at(n, c, i));
+        const float gs = dms[i] / 2.0f + dqs[i] * ste(p.at(n, js, i));
+        dx[o + i] = gc * cosine[o + i] + gs * sine[o + i];
+        dtheta[o + i] = x[o + i] * (gs * cosine[o + i] - gc * sine[o + i]);
+        v[0] = gc;
+        v[1] = gs;
+      });
+    }
+    dbias[c] = static_cast<float>(sums.total(0));
+    dbias[js] = static_cast<float>(sums.total(1));
+  });
+  return 0;
+}
+
+// The WaveBlock's second residual: y = x + ((w0 b + w1 c) + (1 - w0 - w1) a).
+int WaveMixTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0), *a = arg<const float>(params, 1);
+  const float *b = arg<const float>(params, 2), *c = arg<const float>(params, 3);
+  const float *weight = arg<const float>(params, 4);
+  float *y = arg<float>(params, 5);
+  const Dims d = dims_of(shapes[0]);
+  const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
+  parallel_for(d.n * d.c, 5 * d.hw, [&](int64_t plane) {
+    const int64_t o = plane * d.hw;
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = x[o + i] + ((w0 * b[o + i] + w1 * c[o + i]) + rest * a[o + i]);
+  });
+  return 0;
+}
+
+// Inputs a, b, c, weight, dy; outputs da, db, dc, dweight (the gradient for x is dy itself).
+int WaveMixTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *a = arg<const float>(params, 0), *b = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *weight = arg<const float>(params, 3);
+  const float *dy = arg<const float>(params, 4);
+  float *da = arg<float>(params, 5), *db = arg<float>(params, 6), *dc = arg<float>(params, 7);
+  float *dweight = arg<float>(params, 8);
+  const Dims d = dims_of(shapes[0]);
+  const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
+  std::vector<LaneSums<3>> sums(d.c);  // per channel: dy b, dy c, dy a
+  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t ch) {
+    for (int64_t n = 0; n < d.n; ++n) {
+      const int64_t o = d.at(n, ch);
+      sums[ch].add(d.hw, [&](int64_t i, float *v) {
+        const float g = dy[o + i];
+        da[o + i] = g * rest;
+        db[o + i] = g * w0;
+        dc[o + i] = g * w1;
+        v[0] = g * b[o + i];
+        v[1] = g * c[o + i];
+        v[2] = g * a[o + i];
+      });
+    }
+  });
+  double by = 0.0, cy = 0.0, ay = 0.0;
+  for (auto &s : sums) {
+    by += s.total(0);
+    cy += s.total(1);
+    ay += s.total(2);
+  }
+  dweight[0] = static_cast<float>(by - ay);
+  dweight[1] = static_cast<float>(cy - ay);
+  return 0;
+}
+
+// PATM's reweighting: y = ((h a0 + w a1) + c a2) + u, with per-(sample, channel) weights a of
+// shape (3, N, C).
+int Mix3Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *h = arg<const float>(params, 0), *w = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *u = arg<const float>(params, 3);
+  const float *a = arg<const float>(params, 4);
+  float *y = arg<float>(params, 5);
+  const Dims d = dims_of(shapes[0]);
+  const int64_t stride = d.n * d.c;
+  parallel_for(stride, 5 * d.hw, [&](int64_t plane) {
+    const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
+    const int64_t o = plane * d.hw;
+    for (int64_t i = 0; i < d.hw; ++i) y[o + i] = ((h[o + i] * a0 + w[o + i] * a1) + c[o + i] * a2) + u[o + i];
+  });
+  return 0;
+}
+
+// Inputs h, w, c, a, dy; outputs dh, dw, dc, da (the gradient for u is dy itself).
+int Mix3TrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *h = arg<const float>(params, 0), *w = arg<const float>(params, 1);
+  const float *c = arg<const float>(params, 2), *a = arg<const float>(params, 3);
+  const float *dy = arg<const float>(params, 4);
+  float *dh = arg<float>(params, 5), *dw = arg<float>(params, 6), *dc = arg<float>(params, 7);
+  float *da = arg<float>(params, 8);
+  const Dims d = dims_of(shapes[0]);
+  const int64_t stride = d.n * d.c;
+  parallel_for(stride, 5 * d.hw, [&](int64_t plane) {
+    const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
+    const int64_t o = plane * d.hw;
+    LaneSums<3> sums;
+    sums.add(d.hw, [&](int64_t i, float *v) {
+      const float g = dy[o + i];
+      dh[o + i] = g * a0;
+      dw[o + i] = g * a1;
+      dc[o + i] = g * a2;
+      v[0] = g * h[o + i];
+      v[1] = g * w[o + i];
+      v[2] = g * c[o + i];
+    });
+    for (int j = 0; j < 3; ++j) da[j * stride + plane] = static_cast<float>(sums.total(j));
+  });
+  return 0;
+}
+
+// out[n, g] = sum_i sum_t w[g, i, t] * x[n, g * per_group + i, . + t - half], summed input
+// channel by input channel and taps in order, as oneDNN's kernel for these layers.
+int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
+  float *y = arg<float>(params, 2);
+  const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
+  const LineLayout l(shapes[0], shapes[1]);
+  const int64_t hw = l.h * l.w;
+  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
+    std::vector<float> padded(l.padded_size(), 0.0f), acc(l.size);
+    for (int64_t n = 0; n < batch; ++n) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t i = 0; i < per_group; ++i) {
+        pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
+        const float *wt = weight + (g * per_group + i) * l.taps;
+        for (int64_t t = 0; t < l.taps; ++t) {
+          const float v = wt[t];
+          const float *in = padded.data() + t * l.step;
+          for (int64_t j = 0; j < l.size; ++j) acc[j] = acc[j] + in[j] * v;
+        }
+      }
+      take_acc(l, acc.data(), y + (n * cout + g) * hw);
+    }
+  });
+  return 0;
+}
+
+// Inputs x, weight, dy; outputs dx (x's shape) and dweight (weight's shape).
+int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
+  const float *dy = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3), *dweight = arg<float>(params, 4);
+  const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
+  const LineLayout l(shapes[0], shapes[1]);
+  const int64_t hw = l.h * l.w;
+  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
+    std::vector<float> padded(l.padded_size(), 0.0f), grad(l.size, 0.0f), dpadded(l.padded_size());
+    std::vector<LaneSums<1>> dw(per_group * l.taps);
+    for (int64_t n = 0; n < batch; ++n) {
+      put_acc(l, dy + (n * cout + g) * hw, grad.data());  // columns past w stay 0
+      for (int64_t i = 0; i < per_group; ++i) {
+        pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
+        std::fill(dpadded.begin(), dpadded.end(), 0.0f);
+        const float *wt = weight + (g * per_group + i) * l.taps;
+        for (int64_t t = 0; t < l.taps; ++t) {
+          const int64_t shift = t * l.step;
+          const float v = wt[t];
+          float *din = dpadded.data() + shift;
+          const float *in = padded.data() + shift;
+          for (int64_t j = 0; j < l.size; ++j) din[j] += grad[j] * v;
+          dw[i * l.taps + t].add(l.size, [&](int64_t j, float *value) { value[0] = grad[j] * in[j]; });
+        }
+        unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
+      }
+    }
+    for (int64_t k = 0; k < per_group * l.taps; ++k)
+      dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
+  });
+  return 0;
+}
+
+// Forward of Downsample's pooling; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output
+// and pool, the flat index in the input plane of the maximum (int32, shape (N, C, 4, OH*OW)).
+int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const float *x = arg<const float>(params, 0);
+  float *y = arg<float>(params, 1);
+  int32_t *argmax = arg<int32_t>(params, 2);
+  const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2, size = oh * ow;
+  parallel_for(planes, 8 * h * w, [&](int64_t plane) {
+    const float *in = x + plane * h * w;
+    float *out = y + plane * size;
+    int32_t *index = argmax + plane * 4 * size;
+    // Separable: the maximum of each row segment (and its column), then of those down the rows,
+    // a whole output row at a time. Strict > keeps the first maximum in row-major order.
+    std::vector<float> row_max(h * ow), best(ow);
+    std::vector<int32_t> row_arg(h * ow), arg(ow);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = kPoolKernels[j];
+      const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
+      const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+      for (int64_t r = 0; r < h; ++r)
+        for (int64_t col = 0; col < ow; ++col) {
+          const int64_t c0 = std::max<int64_t>(col * 2 - left, 0), c1 = std::min<int64_t>(col * 2 - left + k, w);
+          const float *line = in + r * w;
+          float m = line[c0];
+          int64_t at = c0;
+          for (int64_t i = c0 + 1; i < c1; ++i) {
+            const bool larger = line[i] > m;
+            m = larger ? line[i] : m;
+            at = larger ? i : at;
+          }
+          row_max[r * ow + col] = m;
+          row_arg[r * ow + col] = static_cast<int32_t>(r * w + at);
+        }
+      for (int64_t r = 0; r < oh; ++r) {
+        const int64_t r0 = std::max<int64_t>(r * 2 - top, 0), r1 = std::min<int64_t>(r * 2 - top + k, h);
+        std::copy(row_max.begin() + r0 * ow, row_max.begin() + (r0 + 1) * ow, best.begin());
+        std::copy(row_arg.begin() + r0 * ow, row_arg.begin() + (r0 + 1) * ow, arg.begin());
+        for (int64_t i = r0 + 1; i < r1; ++i)
+          for (int64_t col = 0; col < ow; ++col) {
+            const bool larger = row_max[i * ow + col] > best[col];
+            best[col] = larger ? row_max[i * ow + col] : best[col];
+            arg[col] = larger ? row_arg[i * ow + col] : arg[col];
+          }
+        float *dst = out + r * ow;
+        std::copy(arg.begin(), arg.end(), index + j * size + r * ow);
+        if (j == 0) {
+          std::copy(best.begin(), best.end(), dst);
+        } else {
+          for (int64_t col = 0; col < ow; ++col) dst[col] = dst[col] + best[col];
+        }
+      }
+    }
+    for (int64_t i = 0; i < size; ++i) out[i] = out[i] / 4.0f;
+  });
+  return 0;
+}
+
+// Inputs x (for its shape), argmax, dy; output dx: each dy / 4 added at its four maxima.
+int Pool4TrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const int32_t *argmax = arg<const int32_t>(params, 1);
+  const float *dy = arg<const float>(params, 2);
+  float *dx = arg<float>(params, 3);
+  const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t size = ((h + 1) / 2) * ((w + 1) / 2);
+  parallel_for(planes, 8 * h * w, [&](int64_t plane) {
+    float *out = dx + plane * h * w;
+    std::fill(out, out + h * w, 0.0f);
+    const int32_t *index = argmax + plane * 4 * size;
+    const float *grad = dy + plane * size;
+    for (int j = 0; j < 4; ++j)
+      for (int64_t i = 0; i < size; ++i) out[index[j * size + i]] += grad[i] / 4.0f;
+  });
+  return 0;
+}
+
+}  // extern "C"

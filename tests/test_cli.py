@@ -1,0 +1,63 @@
+"""One vocabulary: --model names the variant in every command; the commands that read a checkpoint
+also take --checkpoint_nm, the MindSpore model zoo's name for the same flag."""
+import glob
+import os
+import re
+
+import pytest
+
+import benchmark
+import eval as eval_script
+import export
+import pack
+import predict
+import train
+from conftest import ROOT
+
+# Each command that reads a checkpoint, with its other required flags.
+CHECKPOINT_READERS = {
+    "eval.py": (eval_script, []),
+    "export.py": (export, ["--checkpoint_path", "x.ckpt"]),
+    "predict.py": (predict, ["--image", "x.png"]),
+    "pack.py": (pack, ["--checkpoint_path", "x.ckpt", "--output", "x.packed"]),
+}
+FLAG = re.compile(r'add_argument\(\s*"(--\w+)"')
+
+
+def command_sources():
+    """The Python and shell commands a user runs: the top-level scripts and scripts/."""
+    return sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "scripts", "*")))
+
+
+@pytest.mark.parametrize("command", sorted(CHECKPOINT_READERS))
+def test_checkpoint_nm_is_the_model_flag(command, capsys):
+    module, required = CHECKPOINT_READERS[command]
+    for flag in ("--model", "--checkpoint_nm"):
+        args = module.parse_args(required + [flag, "BiMLP_T"])
+        assert args.model == "BiMLP_T" and not hasattr(args, "checkpoint_nm")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    assert capsys.readouterr().out.count("--checkpoint_nm") == 1
+
+
+def test_train_names_the_variant_with_model():
+    config, _ = train.parse_config(["--model", "BiMLP_T", "--dataset", "fashion_mnist"])
+    assert config["model"] == "BiMLP_T"
+
+
+def test_benchmark_model_selects_the_variants_of_every_part():
+    configs = benchmark.configs(benchmark.parse_args(["--only", "eval,train", "--model", "BiMLP_T14",
+                                                      "--batches", "1", "--paths", "fused"]))
+    assert [(c["kind"], c["model"], c["size"]) for c in configs] == \
+        [("eval", "BiMLP_T14", 28)] + [("train", "BiMLP_T14", 28)] * len(benchmark.TRAIN_PATHS)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--model", "BiMLP_S,BiMLP_X"])
+
+
+def test_no_command_has_another_flag_for_the_variant():
+    for path in command_sources():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        others = [flag for flag in FLAG.findall(text) if "model" in flag and flag != "--model"]
+        assert not others, f"{os.path.relpath(path, ROOT)} names the variant with {others}; use --model"
+        assert "--checkpoint_nm" not in text, f"{os.path.relpath(path, ROOT)}: use --model"

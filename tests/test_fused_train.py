@@ -1,0 +1,227 @@
+"""The fused training kernels (src/fused_train.cc): their values and gradients are MindSpore's
+autodiff of the operator chains they replace, and a network trains the same with them."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+from src import fused
+from src.grouped_conv import GroupedLineConv
+from src.quan_conv import QuanConv
+from src.wavemlp_20_3 import DropPath, LearnableBias, RPReLU, UniShortcut, create_model
+from tests.test_fused import randomize
+
+pytestmark = pytest.mark.skipif(fused.library_path() is None, reason="no C++ compiler for the fused kernels")
+
+# Values where the quantizer and its straight-through gradient change: the rounding ties at
+# +-0.5, the clipping edges at +-1 (where the STE still passes), zero, and just past them.
+THRESHOLDS = np.array([-1.5, -1.0, -1.0 + 1e-7, -0.5, -0.5 + 1e-7, 0.0, 0.5, 0.5 - 1e-7, 1.0, 1.0 - 1e-7, 1.5],
+                      np.float32)
+
+
+@pytest.fixture(autouse=True)
+def pynative_mode():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def data(shape, seed, scale=1.5, thresholds=False):
+    values = np.random.RandomState(seed).standard_normal(shape).astype(np.float32) * scale
+    if thresholds:
+        flat = values.reshape(-1)
+        flat[: flat.size // 2] = np.resize(THRESHOLDS, flat.size // 2)
+        np.random.RandomState(seed + 1).shuffle(flat)
+    return Tensor(values)
+
+
+class Weighted(nn.Cell):
+    """sum_i(outputs_i * g_i) of chain(kernels, *inputs): its gradients are the chain's
+    vector-Jacobian products with random cotangents g_i."""
+
+    def __init__(self, chain, kernels, cells, cotangents):
+        super().__init__()
+        self.chain, self.kernels, self.parts = chain, kernels, nn.CellList(cells)
+        self.cotangents = [Tensor(g) for g in cotangents]
+
+    def construct(self, *inputs):
+        outputs = self.chain(self.kernels, *self.parts, *inputs)
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        total = 0.0
+        for out, g in zip(outputs, self.cotangents):
+            total = total + (out * g).sum()
+        return total
+
+
+def outputs_and_gradients(chain, kernels, make_cells, inputs, output_shapes):
+    """The chain's outputs and its gradients for every input and parameter, fresh cells each call."""
+    cells = make_cells()
+    rng = np.random.RandomState(99)
+    cotangents = [rng.standard_normal(shape).astype(np.float32) for shape in output_shapes]
+    net = Weighted(chain, kernels, cells, cotangents)
+    net.set_train(True)
+    params = net.trainable_params()
+    outputs = chain(kernels, *cells, *inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    _, (input_grads, param_grads) = ms.value_and_grad(net, tuple(range(len(inputs))), params)(*inputs)
+    grads = {f"input {i}": g.asnumpy() for i, g in enumerate(input_grads)}
+    grads.update({p.name: g.asnumpy() for p, g in zip(params, param_grads)})
+    state = {p.name: p.asnumpy() for cell in cells for p in cell.get_parameters() if "moving" in p.name}
+    return [o.asnumpy() for o in outputs], grads, state
+
+
+def assert_close(got, expected, rel, what, floor=1e-6):
+    """|got - expected| <= rel * max|expected| (sum-order differences only)."""
+    scale = max(float(np.abs(expected).max()), floor)
+    worst = float(np.abs(got - expected).max())
+    assert worst <= rel * scale, f"{what}: max |diff| {worst:.3g} > {rel} x {scale:.3g}"
+
+
+def check_chain(chain, make_cells, inputs, output_shapes, exact_outputs=()):
+    before = fused.kernel_calls()["training"]
+    got = outputs_and_gradients(chain, fused.TrainKernels(), make_cells, inputs, output_shapes)
+    assert fused.kernel_calls()["training"] > before, "the kernels did not run"
+    expected = outputs_and_gradients(chain, None, make_cells, inputs, output_shapes)
+    for i, (g, e) in enumerate(zip(got[0], expected[0])):
+        if i in exact_outputs:
+            np.testing.assert_array_equal(g, e, err_msg=f"output {i}")
+        else:
+            assert_close(g, e, 1e-6, f"output {i}")
+    assert got[1].keys() == expected[1].keys()
+    for name in expected[1]:
+        assert_close(got[1][name], expected[1][name], 1e-5, f"gradient of {name}")
+    for name in expected[2]:
+        assert_close(got[2][name], expected[2][name], 1e-6, name)
+
+
+def bn_and_act(channels, seed):
+    bn, act = nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9), RPReLU(channels)
+    randomize(bn, seed)
+    randomize(act, seed + 1)
+    return [bn, act]
+
+
+@pytest.mark.parametrize("shortcut", [False, True])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (8, 6, 2, 2), (40, 3, 7, 7)])
+def test_batch_norm_shortcut_and_rprelu(shortcut, shape):
+    inputs = [data(shape, 1, 2.0)] + ([data(shape, 2)] if shortcut else [])
+    check_chain(fused.norm_act, lambda: bn_and_act(shape[1], 3), inputs, [shape])
+
+
+def test_move_and_binarize_at_the_thresholds():
+    def cells():
+        move = LearnableBias(6)
+        bias = np.random.RandomState(5).standard_normal((1, 6, 1, 1)).astype(np.float32) * 0.3
+        bias[0, :3] = 0.0  # these channels quantize the threshold values themselves
+        move.bias.set_data(Tensor(bias))
+        return [move, QuanConv(6, 6, 1)]
+
+    shape = (3, 6, 4, 5)
+    check_chain(fused.move_quantize, cells, [data(shape, 4, thresholds=True)], [shape, shape], exact_outputs=(0, 1))
+
+
+def test_phase_input_with_its_angle_gradient():
+    def cells():
+        move = LearnableBias(12)
+        move.bias.set_data(data((1, 12, 1, 1), 6, 0.3))
+        return [move, QuanConv(12, 6, (1, 7), padding=(0, 0, 3, 3), group=6), UniShortcut(12, 6)]
+
+    x, theta = data((3, 6, 4, 5), 7, thresholds=True), data((3, 6, 4, 5), 8, 3.0)
+    check_chain(fused.phase_quantize, cells, [x, theta], [(3, 6, 4, 5), (3, 12, 4, 5)], exact_outputs=(0, 1))
+
+
+@pytest.mark.parametrize("size", [(14, 14), (7, 7), (5, 6), (2, 2), (1, 1)])
+def test_downsampling_pools(size):
+    def cells():
+        return [nn.MaxPool2d(kernel_size=k, stride=2, pad_mode="same") for k in (2, 3, 5, 7)]
+
+    def chain(kernels, *args):
+        *pools, x = args
+        return fused.pool4(kernels, pools, x)
+
+    out = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+    check_chain(chain, cells, [data((2, 3, *size), 9)], [(2, 3, *out)], exact_outputs=(0,))
+
+
+@pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
+@pytest.mark.parametrize("per_group", [1, 2])
+@pytest.mark.parametrize("size", [(14, 14), (2, 2), (1, 1)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_line_convolutions(kernel, per_group, size, binary):
+    """On binarized inputs (the binary network) the products are exact and the kernel sums in
+    oneDNN's order: bit for bit. On float inputs (the float twin) the rounding may differ."""
+    padding = (3, 3, 0, 0) if kernel[0] == 7 else (0, 0, 3, 3)
+
+    def chain(kernels, layer, x, w):
+        layer.train_kernels = kernels
+        return layer(x, w)
+
+    def cells():
+        layer = GroupedLineConv(5 * per_group, 5, kernel, padding, 5)
+        layer.set_train(True)
+        return [layer]
+
+    x, w = data((3, 5 * per_group, *size), 10, thresholds=True), data((5, per_group, *kernel), 11, 0.5)
+    if binary:
+        x = Tensor(np.rint(np.clip(x.asnumpy(), -1, 1)))
+    check_chain(chain, cells, [x, w], [(3, 5, *size)], exact_outputs=(0,) if binary else ())
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_training_step_of_the_network(tmp_path, binary):
+    """One step of BiMLP_T14: per-parameter gradients, the loss and the updated BatchNorm moving
+    statistics agree with MindSpore's operators; the checkpoint it writes loads strictly into the
+    network without kernels and evaluates identically."""
+    x = data((8, 1, 28, 28), 12, 1.0)
+    labels = Tensor(np.random.RandomState(13).randint(0, 10, 8).astype(np.int32))
+    results, nets = {}, {}
+    for use in (True, False):
+        ms.set_seed(1)
+        net = create_model("BiMLP_T14", binary=binary, fused_training=use)
+        net.set_train(True)
+        loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        before = fused.kernel_calls()["training"]
+        value, grads = ms.value_and_grad(loss, None, net.trainable_params())(x, labels)
+        assert (fused.kernel_calls()["training"] > before) == use, "the wrong path ran"
+        results[use] = (float(value.asnumpy()), {p.name: g.asnumpy() for p, g in zip(net.trainable_params(), grads)},
+                        {p.name: p.asnumpy() for p in net.get_parameters() if "moving" in p.name})
+        nets[use] = net
+    (loss_k, grads_k, stats_k), (loss_o, grads_o, stats_o) = results[True], results[False]
+    assert abs(loss_k - loss_o) <= 1e-5 * abs(loss_o)
+    largest = max(float(np.abs(g).max()) for g in grads_o.values())
+    # Relative to the parameter's own gradient; those that cancel to ~0 (biases in front of a
+    # batch norm) relative to 1e-2 of the largest gradient instead.
+    errors = {name: float(np.abs(grads_k[name] - g).max()) / max(float(np.abs(g).max()), 1e-2 * largest)
+              for name, g in grads_o.items()}
+    worst = sorted(errors.items(), key=lambda item: -item[1])[:3]
+    if binary:
+        # Batch statistics summed in another order differ in the last bit, and the odd
+        # activation that lands on a rounding threshold binarizes the other way: a few
+        # gradients move by such a flip, the rest agree to sum-order precision.
+        assert np.mean([e <= 1e-4 for e in errors.values()]) >= 0.8, worst
+        assert worst[0][1] <= 1e-2, worst
+    else:
+        assert worst[0][1] <= 1e-4, worst
+    for name, value in stats_o.items():  # some means are ~1e-8 (normalized inputs): a floor of 0.1
+        assert_close(stats_k[name], value, 1e-5, name, floor=0.1)
+
+    path = str(tmp_path / "fused.ckpt")
+    ms.save_checkpoint(nets[True], path)
+    plain = create_model("BiMLP_T14", binary=binary, fused=False)
+    assert not ms.load_param_into_net(plain, ms.load_checkpoint(path), strict_load=True)[0]
+    for net in (nets[True], plain):
+        net.set_train(False)
+    np.testing.assert_array_equal(nets[True](x).asnumpy(), plain(x).asnumpy())
+
+
+def test_the_blocks_mixing_sums():
+    shape = (3, 4, 5, 6)
+    x, a, b, c = (data(shape, seed) for seed in (20, 21, 22, 23))
+    weight = Tensor(np.array([0.3, -0.2], np.float32))
+
+    def wave(kernels, drop_path, *inputs):
+        return fused.wave_mix(kernels, *inputs, drop_path)
+
+    check_chain(wave, lambda: [DropPath(0.0)], [x, a, b, c, weight], [shape])
+    weights = Tensor(np.random.RandomState(24).uniform(0, 1, (3, 3, 4)).astype(np.float32))
+    check_chain(lambda kernels, *inputs: fused.mix3(kernels, True, *inputs), lambda: [], [x, a, b, c, weights],
+                [shape])
