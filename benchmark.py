@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+from src.files import write_text
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RESULT_TAG = "BENCH_RESULT "
 PATHS = {
@@ -368,9 +370,7 @@ def main(argv=None):
         rows.append({**cfg, **run_config(cfg, args.max_gb)})
         print(f"  -> {rows[-1]}", file=sys.stderr, flush=True)
     meta["load_end"] = os.getloadavg()[0]
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=1)
+    write_text(args.json, json.dumps({"meta": meta, "results": rows}, indent=1))
     print(markdown(meta, rows))
     print(f"\nresults written to {args.json}", file=sys.stderr)
 

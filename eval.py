@@ -14,15 +14,12 @@ import sys
 from src.checkpoint import load_weights, read_checkpoint, recorded_class_names
 from src.config import parse_bool
 from src.context import PLATFORMS, UserError, add_model_argument, default_device_id, run_cli, setup_device
-from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, count_images, create_dataset, num_classes_of,
-                         short_list)
+from src.dataset import (DATASETS, DEFAULT_IMAGE_SIZE, FASHION_MNIST_DIR, check_image_size, count_images,
+                         create_dataset, num_classes_of, short_list)
 from src.evaluation import evaluate
 from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model, models_for
 from src.weight_cache import ENGINES
-
-# BiMLP_S/M's stride-4 stem needs a few pixels; 16 is the smallest size the tests run.
-MIN_IMAGE_SIZE = 16
 
 
 def parse_args(argv=None):
@@ -70,8 +67,7 @@ def resolve(args):
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.dataset]
-    if args.image_size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image_size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
+    check_image_size(args.image_size)
     # Class folders are labelled by the checkpoint's class names when it records them (train.py's do).
     args.class_names = recorded_class_names(read_checkpoint(args.checkpoint_path))
     args.classes_from = f"the checkpoint {args.checkpoint_path}"

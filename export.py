@@ -27,7 +27,10 @@ from mindspore import Tensor, ops
 
 import src.wavemlp_20_3 as wavemlp
 from src.checkpoint import load_weights
+from src.config import parse_bool
 from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
+from src.dataset import check_image_size
+from src.files import atomic_write, check_output_file
 from src.quan_conv import Identity, QuanConv
 from src.wavemlp_20_3 import create_model, default_image_size
 
@@ -45,6 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=None,
                         help="input height = width (default: 224 for BiMLP_S/M, 28 for BiMLP_T/T14)")
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
+                        help="false exports a float-twin checkpoint (train.py --binary false); default: true")
     parser.add_argument("--file_name", default=None,
                         help="output path without extension (default: the variant, lower case)")
     parser.add_argument("--platform", default="CPU", choices=("Ascend", "GPU", "CPU"))
@@ -55,18 +60,25 @@ def parse_args(argv=None):
 def check_args(args):
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.image_size is not None and args.image_size < 8:
-        raise UserError(f"--image_size must be at least 8, got {args.image_size}")
+    check_image_size(args.image_size)
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     if args.file_format == "AIR" and args.platform != "Ascend":
         raise UserError("AIR export needs the Ascend backend: MindSpore writes AIR only with --platform Ascend; "
                         "use --file_format MINDIR or ONNX here")
+    check_output_file(output_path(args.file_name or args.model.lower(), args.file_format), "--file_name")
 
 
-def build_network(model_name, checkpoint_path, num_classes=None, fast=True):
+def output_path(file_name, file_format):
+    """The file MindSpore writes for file_name: it adds the format's extension unless present."""
+    extension = EXTENSIONS[file_format]
+    return file_name if file_name.endswith(extension) else file_name + extension
+
+
+def build_network(model_name, checkpoint_path, num_classes=None, fast=True, binary=True):
     """The variant in eval mode with the checkpoint strictly loaded."""
-    net = create_model(model_name, fast=fast, fused=False, **({"num_classes": num_classes} if num_classes else {}))
+    net = create_model(model_name, fast=fast, fused=False, binary=binary,
+                       **({"num_classes": num_classes} if num_classes else {}))
     load_weights(net, checkpoint_path, model_name)
     net.set_train(False)
     return net
@@ -171,15 +183,17 @@ def export_network(net, inputs, file_name, file_format):
     if file_format == "ONNX":
         replace_group_norms(net)
     pooling = onnx_exportable_pooling() if file_format == "ONNX" else contextlib.nullcontext()
-    try:
-        with pooling:
-            ms.export(net, inputs, file_name=file_name, file_format=file_format)
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise export_error(err, file_format) from None
-    path = file_name if file_name.endswith(EXTENSIONS[file_format]) else file_name + EXTENSIONS[file_format]
-    if file_format == "ONNX":
-        fix_onnx_conv_padding(path)
-    return path
+
+    def write(tmp):
+        try:
+            with pooling:
+                ms.export(net, inputs, file_name=tmp, file_format=file_format)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise export_error(err, file_format) from None
+        if file_format == "ONNX":
+            fix_onnx_conv_padding(tmp)
+
+    return atomic_write(output_path(file_name, file_format), write, suffix=EXTENSIONS[file_format])
 
 
 def main(argv=None):
@@ -189,7 +203,7 @@ def main(argv=None):
     setup_device(args.platform, args.device_id, mode="pynative")
     # The fast path's BiasAdd exports to ONNX as an Add that broadcasts over the wrong axis.
     net = build_network(args.model, args.checkpoint_path, args.num_classes,
-                        fast=args.file_format != "ONNX")
+                        fast=args.file_format != "ONNX", binary=args.binary)
     size = args.image_size or default_image_size(args.model)
     inputs = Tensor(np.zeros((args.batch_size, net.patch_embed.proj.in_channels, size, size), np.float32))
     path = export_network(net, inputs, args.file_name or args.model.lower(), args.file_format)

@@ -7,6 +7,7 @@
 
 eval.py, predict.py, export.py and train.py --teacher_checkpoint read packed files as they are.
 A binary network unpacks to bit-identical eval logits; see src/packing.py for the format.
+The checkpoint's records (binary or float twin, class names) are kept through packing and unpacking.
 """
 import argparse
 import os
@@ -15,9 +16,10 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import (BINARY_MARKER, CLASS_NAMES_RECORD, check_binary, check_compatible, read_checkpoint,
-                            save_atomic)
+                            save_checkpoint)
 from src.config import parse_bool
 from src.context import UserError, add_model_argument, run_cli, setup_device
+from src.files import check_output_file
 from src.packing import SIGNS, pack_params, packable_layers, read_packed, save_packed, unpack_params
 from src.pretrained import SHIPPED_DATASET, record_sha256, shipped_name, shipped_path
 from src.wavemlp_20_3 import create_model, models_for
@@ -51,6 +53,8 @@ def check_args(args):
     suffix = ".ckpt" if args.unpack else ".packed"
     if args.output and not args.output.endswith(suffix):
         raise UserError(f"--output must end in {suffix}, got {args.output}")
+    if args.output:
+        check_output_file(args.output, "--output")
     if args.ship and args.model not in models_for(SHIPPED_DATASET):
         raise UserError(f"only {'/'.join(models_for(SHIPPED_DATASET))} checkpoints are committed, "
                         f"not {args.model}: use --output")
@@ -96,9 +100,11 @@ def unpack(args):
     packed = read_packed(args.checkpoint_path)
     start_device()
     params = unpack_params(packed)
-    save_atomic([{"name": name, "data": ms.Tensor(value)} for name, value in params.items()], args.output,
-                append_dict=packed["records"] or None)
-    print(f"unpacked {len(params)} parameters of {packed['model']} to {args.output}")
+    records = packed["records"]
+    save_checkpoint([{"name": name, "data": ms.Tensor(value)} for name, value in params.items()], args.output,
+                    append_dict=records or None)
+    kind = {None: "", 1: " (binary)", 0: " (float twin)"}[records.get(BINARY_MARKER)]
+    print(f"unpacked {len(params)} parameters of {packed['model']}{kind} to {args.output}")
     report_sizes(args.checkpoint_path, args.output)
 
 

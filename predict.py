@@ -22,8 +22,9 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, recorded_class_names
+from src.config import parse_bool
 from src.context import UserError, add_model_argument, default_device_id, run_cli, setup_device
-from src.dataset import IMAGE_EXTENSIONS, preprocess_image_file, readable_class_names
+from src.dataset import IMAGE_EXTENSIONS, check_image_size, preprocess_image_file, readable_class_names
 from src.dataset import class_names as dataset_class_names
 from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
 from src.wavemlp_20_3 import DATASET_OF_MODEL, create_model
@@ -41,6 +42,8 @@ def parse_args(argv=None):
                         "BiMLP_T14: the variant's committed checkpoints/<variant>_fashion_mnist.packed)")
     add_model_argument(parser, SHIPPED_DEFAULT_MODEL)
     parser.add_argument("--num_classes", type=int, default=None, help="classes of the head (default: the variant's)")
+    parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
+                        help="false classifies with a float-twin checkpoint (train.py --binary false); default: true")
     parser.add_argument("--image_size", type=int, default=None,
                         help="input height = width (default 224; 28 for BiMLP_T)")
     parser.add_argument("--class_names", default=None,
@@ -144,15 +147,16 @@ def main(argv=None):
         raise UserError(f"--top_k must be at least 1, got {args.top_k}")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
+    check_image_size(args.image_size)
     checkpoint_path = args.checkpoint_path or shipped_checkpoint(args.model)
     dataset = DATASET_OF_MODEL[args.model]
     images, readable, errors = load_images(image_files(args.image), dataset, args.image_size)
     if args.engine == "xnor" and args.platform != "CPU":
         raise UserError("--engine xnor runs on the fused CPU kernels: use --platform CPU")
     try:
-        net = create_model(args.model, fused=None, engine=args.engine,
+        net = create_model(args.model, fused=None, binary=args.binary, engine=args.engine,
                            **({"num_classes": args.num_classes} if args.num_classes else {}))
-    except ValueError as err:  # --engine xnor without a C++ compiler
+    except ValueError as err:  # --engine xnor without a C++ compiler, or for a float twin
         raise UserError(str(err)) from None
     names = read_class_names(args.class_names, net.num_classes) if args.class_names else None
     # After the inputs are checked: a bad path fails fast, before the device starts.

@@ -7,6 +7,7 @@ Counts are analytic (no forward pass); the conventions are in src/summary.py.
 import argparse
 
 from src.context import UserError, run_cli
+from src.dataset import check_image_size
 from src.summary import layer_counts, per_layer_rows, stage_rows, total
 from src.wavemlp_20_3 import MODELS, create_model, default_image_size
 
@@ -78,14 +79,12 @@ def format_table(header, rows, markdown):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_image_size(args.image_size)
     image_size = args.image_size or default_image_size(args.model)
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num_classes must be at least 1, got {args.num_classes}")
     net = create_model(args.model, **({"num_classes": args.num_classes} if args.num_classes else {}))
-    try:
-        counts = layer_counts(net, image_size)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    counts = layer_counts(net, image_size)
     title = f"{args.model}, {image_size}x{image_size} input, {net.num_classes} classes, per image"
     print(f"## {title}\n" if args.markdown else f"{title}\n")
     print(layer_table(counts, args.markdown) if args.per_layer else stage_table(net, counts, args.markdown))

@@ -6,10 +6,13 @@
 
 Writes to output_dir: config.yaml (the resolved settings), log.csv (one row per
 epoch), last.ckpt (weights + optimizer state + epoch, every epoch, atomically)
-and best.ckpt (weights of the best validation top-1).
+and best.ckpt (weights of the best validation top-1). A non-empty output_dir needs
+--resume (continue the run in it) or --overwrite (replace its results); one run at a time
+holds it. Every setting and input is checked before anything is written.
 """
 import argparse
 import csv
+import io
 import math
 import os
 import sys
@@ -21,17 +24,18 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_class_names,
-                            save_atomic)
+from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_binary,
+                            recorded_class_names, save_checkpoint)
 from src.config import add_arguments, load_config, save_config
-from src.context import UserError, default_device_id, run_cli, setup_device
+from src.context import UserError, default_device_id, run_cli, set_interrupt_note, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
 from src.evaluation import evaluate, format_duration
+from src.files import write_text
 from src.optim import config_lr_schedule, create_optimizer
+from src.run_folder import check_output_dir, claim_output_dir
 from src.wavemlp_20_3 import MODELS, create_model
 
 LOG_FIELDS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "epoch_seconds", "train_img_per_s"]
-EXIT_DIVERGED = 3
 
 
 class TrainLoss(nn.Cell):
@@ -63,15 +67,20 @@ def parse_config(argv=None):
     parser = argparse.ArgumentParser(description="Train BiMLP. Settings come from --config (YAML) and can "
                                      "be overridden by the flags below; see src/config.py for defaults.")
     parser.add_argument("--config", help="YAML file of settings (configs/*.yaml)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --output_dir (otherwise a non-empty "
+                             "output_dir needs --resume)")
     add_arguments(parser)
     args = vars(parser.parse_args(argv))
+    overwrite = args.pop("overwrite")
     config = load_config(args.pop("config"), args)
     if config["model"] not in MODELS:
         raise UserError(f"unknown model {config['model']!r}; available: {', '.join(sorted(MODELS))}")
     if config["dataset"] != "fashion_mnist" and not config["dataset_path"]:
         raise UserError(f"--dataset_path is required for {config['dataset']}: a folder with train/ and val/")
-    config["image_size"] = config["image_size"] or DEFAULT_IMAGE_SIZE[config["dataset"]]
-    return config
+    if config["image_size"] is None:
+        config["image_size"] = DEFAULT_IMAGE_SIZE[config["dataset"]]
+    return config, overwrite
 
 
 def split_path(config, split):
@@ -85,6 +94,9 @@ def init_distributed(config):
     """(rank, world size); under msrun every worker joins the data-parallel group."""
     if not config["distribute"]:
         return 0, 1
+    if "MS_ROLE" not in os.environ and "RANK_TABLE_FILE" not in os.environ:
+        raise UserError("--distribute true runs under msrun: start it with "
+                        "scripts/run_distribute_train_{cpu,gpu,ascend}.sh WORKERS CONFIG [flags]")
     from mindspore.communication import get_group_size, get_rank, init
 
     init()
@@ -139,7 +151,7 @@ def build_teacher(config, num_classes, classes):
     if not config["teacher_checkpoint"]:
         return None
     teacher = create_model(config["model"], num_classes=num_classes, binary=False)
-    saved = load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)")
+    saved = load_weights(teacher, config["teacher_checkpoint"], f"{config['model']} (float teacher)", teacher=True)
     check_classes(saved, classes, config["teacher_checkpoint"], config)
     teacher.update_parameters_name("teacher.")  # distinct from the student's names in one graph
     for param in teacher.get_parameters():
@@ -162,13 +174,18 @@ def state_parameters(net, optimizer):
 
 def save_state(path, params, epoch, best_top1, records):
     entries = [{"name": name, "data": p} for name, p in params.items()]
-    save_atomic(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
-                                            f"{STATE_PREFIX}best_top1": float(best_top1), **records})
+    save_checkpoint(entries, path, append_dict={f"{STATE_PREFIX}epoch": int(epoch),
+                                                f"{STATE_PREFIX}best_top1": float(best_top1), **records})
 
 
 def restore_state(path, params, classes, config):
     """Load weights and optimizer state; returns (epochs done, best top-1)."""
     saved = read_checkpoint(path)
+    trained_binary, binary = recorded_binary(saved), config["binary"]
+    if trained_binary is not None and trained_binary != binary:
+        kind = {True: "binary", False: "float"}
+        raise UserError(f"{path} holds a {kind[trained_binary]} network but this run trains a {kind[binary]} one: "
+                        f"resume with the run's own setting (--binary {str(trained_binary).lower()})")
     check_classes(saved, classes, path, config)
     missing = sorted(set(params) - set(saved))
     if missing or f"{STATE_PREFIX}epoch" not in saved:
@@ -202,12 +219,11 @@ def trim_log(path, epochs_done):
 
 
 def write_log(path, rows):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def append_log(path, row):
@@ -258,7 +274,10 @@ def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start, di
 
 
 def main(argv=None):
-    config = parse_config(argv)
+    config, overwrite = parse_config(argv)
+    out = config["output_dir"]
+    check_output_dir(out, config["resume"], overwrite)
+    resume = resume_path(config)
     # Under msrun every worker has its own device: DEVICE_ID, its rank on this node. --device_id is for one.
     device_id = default_device_id() if config["distribute"] else config["device_id"]
     setup_device(config["platform"], device_id, config["mode"])
@@ -270,11 +289,6 @@ def main(argv=None):
     val_images = count_images(config["dataset"], split_path(config, "val"), "val", classes,
                               split_path(config, "train"))
     config["num_classes"] = num_classes
-    out = config["output_dir"]
-    resume = resume_path(config)
-    if rank == 0:
-        os.makedirs(out, exist_ok=True)
-        save_config(config, os.path.join(out, "config.yaml"))
 
     # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
@@ -288,13 +302,18 @@ def main(argv=None):
     step_cell = nn.TrainOneStepCell(loss_cell, optimizer)
     data_digest = 0  # CRC of every training image this rank read: shards must differ
     params = state_parameters(net, optimizer)
-
     epochs_done, best = 0, -1.0
     if resume:
         epochs_done, best = restore_state(resume, params, classes, config)
-        print(f"resumed from {resume}: {epochs_done} epochs done, best val top-1 {best:.4f}", flush=True)
-        if rank == 0:
+
+    # Everything is checked: from here on the run writes to output_dir, which it holds until it ends.
+    if rank == 0:
+        claim_output_dir(out, resume, overwrite)
+        save_config(config, os.path.join(out, "config.yaml"))
+        if resume:
             trim_log(os.path.join(out, "log.csv"), epochs_done)
+    if resume:
+        print(f"resumed from {resume}: {epochs_done} epochs done, best val top-1 {best:.4f}", flush=True)
     if rank == 0:
         print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
@@ -324,16 +343,18 @@ def main(argv=None):
                                            config["batch_size"], config["image_size"], classes=classes,
                                            classes_from=split_path(config, "train")),
                        split_path(config, "val"), val_images, num_classes, pad_batches=config["mode"] == "graph")
+        best_now = val["acc"] > best
+        best = max(best, val["acc"])
+        # The log row comes last: the log never lists an epoch that no checkpoint holds.
+        save_state(last_path, params, epoch, best, model_records(net.binary, classes))
+        if best_now:
+            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes))
         lr_now = float(schedule[epoch * steps_per_epoch - 1])
         append_log(os.path.join(out, "log.csv"), {
             "epoch": epoch, "train_loss": f"{loss:.5f}", "val_top1": f"{val['acc']:.5f}",
             "val_top5": f"{val['top5']:.5f}", "lr": f"{lr_now:.3e}", "epoch_seconds": f"{seconds:.1f}",
             "train_img_per_s": f"{rate:.1f}"})
-        best_now = val["acc"] > best
-        best = max(best, val["acc"])
-        save_state(last_path, params, epoch, best, model_records(net.binary, classes))
-        if best_now:
-            save_atomic(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes))
+        set_interrupt_note(f"{last_path} holds epoch {epoch}; continue with --resume last")
         print(f"epoch {epoch}/{config['epochs']} done in {format_duration(seconds)}: train loss {loss:.4f}, "
               f"val top-1 {val['acc']:.4f} top-5 {val['top5']:.4f}{' (best)' if best_now else ''}", flush=True)
     if world > 1:

@@ -26,6 +26,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from src.files import write_text  # noqa: E402  (after the path set-up)
+
 RESULT_TAG = "OPTION_RESULT "
 OPTIONS = {
     "default": {},
@@ -158,8 +160,7 @@ def main(argv=None):
         speed = (f"{r['img_s']:.1f} | {r['img_s'] / base:.2f}" if "img_s" in r and base
                  else f"{r['img_s']:.1f} | –" if "img_s" in r else f"{r['error']} | –")
         print(f"| {r['option']} | {r['batch'] * r.get('workers', 1)} | {speed} |")
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=1)
+    write_text(args.json, json.dumps({"meta": meta, "results": rows}, indent=1))
     print(f"\nresults written to {args.json}", file=sys.stderr)
 
 

@@ -1,7 +1,7 @@
 """The xnor engine against the exact one: predictions on a dataset, or logits on the reference checkpoints.
 
     python scripts/compare_engines.py                      # committed BiMLP_T14 checkpoint, Fashion-MNIST test set
-    python scripts/compare_engines.py --model BiMLP_T --checkpoint_path checkpoints/BiMLP_T_fashion_mnist.ckpt
+    python scripts/compare_engines.py --model BiMLP_T --checkpoint_path checkpoints/BiMLP_T_fashion_mnist.packed
     python scripts/compare_engines.py --reference          # ../shared/reference: BiMLP_S seed 1, BiMLP_M seed 4
 
 Both networks run the same batches in one process (GRAPH mode). On a dataset it prints each
@@ -93,15 +93,16 @@ def compare_on_reference():
 def main():
     from src.context import run_cli, setup_device
     from src.dataset import FASHION_MNIST_DIR
+    from src.pretrained import shipped_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="BiMLP_T14")
-    parser.add_argument("--checkpoint_path", help="default: checkpoints/<model>_fashion_mnist.ckpt")
+    parser.add_argument("--checkpoint_path", help="default: the committed checkpoints/<model>_fashion_mnist.packed")
     parser.add_argument("--dataset_path", default=FASHION_MNIST_DIR)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--reference", action="store_true", help="the reference checkpoints instead of a dataset")
     args = parser.parse_args()
-    args.checkpoint_path = args.checkpoint_path or os.path.join(ROOT, "checkpoints", f"{args.model}_fashion_mnist.ckpt")
+    args.checkpoint_path = args.checkpoint_path or shipped_checkpoint(args.model)
 
     def run():
         setup_device("CPU", 0, "graph")

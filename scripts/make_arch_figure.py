@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch, Patch  # noqa: E402
 
+from src.files import save_figure  # noqa: E402
 from src.summary import (KIND_BINARY, KIND_DENSE, KIND_DEPTHWISE, KIND_FLOAT_CONV,  # noqa: E402
                          layer_counts, stage_labels, stage_rows, total)
 from src.wavemlp_20_3 import MODELS, Downsample, create_model  # noqa: E402
@@ -140,8 +141,7 @@ def draw(model, image_size, output):
     draw_block(ax, net, counts, block, 0.585)
     ax.legend(handles=[Patch(facecolor=COLORS[kind], edgecolor="#333333", label=label) for kind, label in LEGEND],
               loc="lower right", fontsize=9.5, frameon=False, bbox_to_anchor=(0.99, 0.02))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output)
+    save_figure(fig, output)
     plt.close(fig)
     return output
 

@@ -5,6 +5,7 @@
 import argparse
 import json
 import os
+import sys
 
 import matplotlib
 
@@ -12,6 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from src.files import save_figure  # noqa: E402  (after the path set-up)
+
 COLORS = {"upstream": "#bbbbbb", "fast": "#9ecae1", "fused_1thread": "#6baed6", "fused": "#1f77b4",
           "xnor": "#2ca02c", "float": "#ff7f0e"}
 LABELS = {"upstream": "upstream-style (fast=False)", "fast": "fast=True, fused=False",
@@ -71,8 +75,7 @@ def main():
                  f"GRAPH mode, {meta['date']}, load {meta['load_start']:.1f}-{meta['load_end']:.1f}"
                  + (f"\n{meta['note']}" if meta.get("note") else ""), fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    save_figure(fig, args.out, dpi=110)
     print(f"wrote {args.out}")
 
 

@@ -15,6 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from src.files import save_figure  # noqa: E402  (after the path set-up)
+
 
 def read_log(path):
     with open(path) as f:
@@ -48,8 +51,7 @@ def main(argv=None):
         ax.legend()
     fig.suptitle(args.title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    fig.savefig(args.output, dpi=120)
+    save_figure(fig, args.output, dpi=120)
     print(f"wrote {args.output}")
 
 

@@ -1,27 +1,76 @@
-"""Loading and saving checkpoints: strict, explicit about mismatches, atomic on write."""
+"""Loading and saving checkpoints: strict, explicit about mismatches, atomic and checked.
+
+Every .ckpt the package writes ends with MindSpore's CRC32 of its contents
+(`save_checkpoint(crc_check=True)`), and a packed file carries a SHA-256 of its own
+(src/packing.py); both are verified on every load: a damaged file is an error instead of
+slightly wrong weights. Files without a CRC (other tools' checkpoints) load as before.
+"""
 import json
+import logging
 import os
+import tempfile
+import zlib
 
 import mindspore as ms
 
 from src.context import UserError
+from src.drop_path import COUNTER as DROP_PATH_COUNTER
+from src.files import atomic_write
 from src.packing import is_packed, load_packed
 from src.pretrained import verify_shipped
 
+# MindSpore's save_checkpoint(crc_check=True) appends b"crc_num" and the CRC32 of everything
+# before it as 10 big-endian bytes.
+CRC_TAG, CRC_BYTES = b"crc_num", 10
+
 
 def read_checkpoint(path):
-    """{name: Parameter} of a packed checkpoint (known by its content, whatever its name) or a .ckpt."""
+    """{name: Parameter} of a packed checkpoint (known by its content, whatever its name) or a .ckpt;
+    UserError if it is missing, empty, damaged or not a checkpoint."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
     verify_shipped(path)
     if is_packed(path):
         return load_packed(path)
-    if not path.endswith(".ckpt"):  # MindSpore reads .ckpt files only under that suffix
-        raise UserError(f"{path} is neither a packed BiMLP checkpoint nor a MindSpore .ckpt file")
+    verify_crc(path)
     try:
-        return ms.load_checkpoint(path)
-    except Exception as err:  # MindSpore raises ValueError/RuntimeError for corrupt files
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+        params = _load(path)
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError for damaged files
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        raise UserError(f"cannot read checkpoint {path}: not a MindSpore checkpoint, or damaged{cause}") from None
+    return params
+
+
+def verify_crc(path):
+    """UserError if the file carries a CRC32 that its contents do not match.
+
+    Checked here rather than by load_checkpoint(crc_check=True), which reports a mismatch as
+    a permission problem and logs errors of its own.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    trailer = len(CRC_TAG) + CRC_BYTES
+    if data[-trailer:-CRC_BYTES] != CRC_TAG:
+        return
+    if zlib.crc32(data[:-trailer]) != int.from_bytes(data[-CRC_BYTES:], "big"):
+        raise UserError(f"checkpoint {path} is damaged: its contents do not match the CRC32 written with it")
+
+
+def _load(path):
+    # MindSpore logs its own error lines for a file it cannot parse; the UserError says it once.
+    logging.disable(logging.ERROR)
+    try:
+        if path.endswith(".ckpt"):
+            return ms.load_checkpoint(path)
+        # MindSpore only reads files named *.ckpt: a checkpoint renamed (x.ckpt.bak) is read via a link.
+        with tempfile.TemporaryDirectory() as folder:
+            link = os.path.join(folder, "checkpoint.ckpt")
+            os.symlink(os.path.abspath(path), link)
+            return ms.load_checkpoint(link)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _listing(names, limit=8):
@@ -30,8 +79,12 @@ def _listing(names, limit=8):
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def check_compatible(net, params, model_name, path):
-    """Raise UserError naming missing, unexpected and mis-shaped parameters."""
+def check_compatible(net, params, model_name, path, model_flag="--model"):
+    """Raise UserError naming missing, unexpected and mis-shaped parameters.
+
+    model_flag: the command's flag that names the variant, suggested when the checkpoint looks
+    like another one (None: no suggestion, e.g. for a teacher that must match the student).
+    """
     expected = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
     weights = {name: tuple(v.shape) for name, v in params.items() if not _is_training_state(name)}
     missing = set(expected) - set(weights)
@@ -49,7 +102,7 @@ def check_compatible(net, params, model_name, path):
             f"{n} checkpoint {weights[n]} vs model {expected[n]}" for n in shapes))
     hint = guess_variant(weights, exclude=model_name)
     if hint:
-        lines.append(f"  this checkpoint looks like {hint}: try --model {hint}")
+        lines.append(f"  this checkpoint looks like {hint}" + (f": try {model_flag} {hint}" if model_flag else ""))
     if "head.weight" in shapes:
         lines.append(f"  the checkpoint has {weights['head.weight'][0]} classes: "
                      f"try --num_classes {weights['head.weight'][0]}")
@@ -93,16 +146,19 @@ def recorded_class_names(params):
 def _is_training_state(name):
     """Optimizer moments and counters that train.py stores beside the weights."""
     return name.startswith(("adam_", "moment", "global_step", "learning_rate", STATE_PREFIX)) \
+        or name.endswith(f".{DROP_PATH_COUNTER}") \
         or name in ("beta1_power", "beta2_power", "epoch_num", "step_num", "current_iterator_step",
                     "last_overflow_iterator_step", "loss_scale")
 
 
-def load_weights(net, path, model_name):
+def load_weights(net, path, model_name, teacher=False):
     """Load a checkpoint into net; every parameter must match by name and shape, and a
-    checkpoint that records binary or float training (train.py's) must match net.binary."""
+    checkpoint that records binary or float training (train.py's) must match net.binary.
+
+    teacher: net is train.py's distillation teacher (messages name no CLI flags)."""
     params = read_checkpoint(path)
-    check_compatible(net, params, model_name, path)
-    check_binary(net, params, path)
+    check_compatible(net, params, model_name, path, model_flag=None if teacher else "--model")
+    check_binary(net, params, path, teacher)
     not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
                                                 if not _is_training_state(n)}, strict_load=True)
     if not_loaded:
@@ -110,25 +166,27 @@ def load_weights(net, path, model_name):
     return params
 
 
-def check_binary(net, params, path):
+def recorded_binary(params):
+    """True/False as the checkpoint records binary or float training, None if it does not say."""
+    return bool(params[BINARY_MARKER].asnumpy()) if BINARY_MARKER in params else None
+
+
+def check_binary(net, params, path, teacher=False):
     """Float-twin and binary checkpoints have the same names and shapes; train.py records which it is."""
-    if BINARY_MARKER not in params:
+    trained_binary = recorded_binary(params)
+    if trained_binary is None or trained_binary == net.binary:
         return
-    trained_binary = bool(params[BINARY_MARKER].asnumpy())
-    if trained_binary == net.binary:
-        return
-    if trained_binary:
-        hint = "a distillation teacher must be a float twin; eval.py evaluates this one without --binary false"
+    if teacher:
+        hint = "a distillation teacher must be a float twin (trained with --binary false)"
+    elif trained_binary:
+        hint = "leave out --binary false (or pass --binary true)"
     else:
-        hint = "evaluate a float twin with eval.py --binary false"
+        hint = "pass --binary false for a float twin"
     raise UserError(f"checkpoint {path} holds a {'binary' if trained_binary else 'float'} network, "
                     f"but a {'binary' if net.binary else 'float'} one was built: {hint}")
 
 
-def save_atomic(save_obj, path, append_dict=None):
-    """Write a checkpoint to a temporary file, then rename: a crash never leaves a torn file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # MindSpore appends ".ckpt" to any other file name, so the temporary name keeps that suffix.
-    tmp = f"{path}.{os.getpid()}.tmp.ckpt"
-    ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
-    os.replace(tmp, path)
+def save_checkpoint(save_obj, path, append_dict=None):
+    """Write a checkpoint (a Cell or a list of {"name", "data"}) atomically, with its CRC32."""
+    return atomic_write(path, lambda tmp: ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True),
+                        suffix=".ckpt")

@@ -1,13 +1,17 @@
 """Training configuration: defaults, overlaid by a YAML file, overlaid by command-line flags.
 
 Every key has a default here, so a YAML file with an unknown (e.g. misspelt) key
-is an error instead of a silently ignored setting.
+is an error instead of a silently ignored setting, and every value is checked
+against its setting's type before anything runs: a quoted "false", `epochs: 1.5`
+or `lr: fast` is an error, not a surprise an epoch later.
 """
 import argparse
 
 import yaml
 
-from src.context import PLATFORMS, UserError
+from src.context import PLATFORMS, UserError, check_device_id
+from src.dataset import check_image_size
+from src.files import write_text
 
 DEFAULTS = {
     # model
@@ -52,6 +56,14 @@ DEFAULTS = {
 }
 CHOICES = {"platform": PLATFORMS, "mode": ("graph", "pynative"),
            "dataset": ("imagenet", "imagefolder", "fashion_mnist")}
+# The type of the settings whose default (None: not set) does not show it.
+OPTIONAL_TYPES = {"num_classes": int, "image_size": int, "dataset_path": str, "teacher_checkpoint": str,
+                  "resume": str, "fused": bool}
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+
+
+def setting_type(key):
+    return OPTIONAL_TYPES.get(key) or type(DEFAULTS[key])
 
 
 def load_config(path=None, overrides=None):
@@ -64,8 +76,28 @@ def load_config(path=None, overrides=None):
             raise UserError(f"unknown setting {key!r}")
         if value is not None:
             config[key] = value
+    for key in config:
+        config[key] = _typed(key, config[key])
     _validate(config)
     return config
+
+
+def _typed(key, value):
+    """value as its setting's type; UserError if it is not one (YAML's 1e-3, a text, becomes 0.001)."""
+    kind = setting_type(key)
+    if value is None and key in OPTIONAL_TYPES:
+        return None
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    quoted = " (write it without quotes)" if kind is bool and str(value).lower() in ("true", "false") else ""
+    raise UserError(f"{key} must be {TYPE_NAMES[kind]}, got {value!r}{quoted}")
 
 
 def _read_yaml(path):
@@ -89,28 +121,33 @@ def _validate(config):
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
-    for key in ("epochs", "batch_size", "log_every"):
-        if int(config[key]) < 1:
+    for key in ("epochs", "batch_size", "log_every", "num_workers"):
+        if config[key] < 1:
             raise UserError(f"{key} must be at least 1, got {config[key]}")
+    if config["num_classes"] is not None and config["num_classes"] < 1:
+        raise UserError(f"num_classes must be at least 1, got {config['num_classes']}")
     for key in ("lr", "min_lr", "weight_decay", "warmup_epochs", "drop_path_rate", "label_smoothing",
                 "steps_per_epoch"):
-        if float(config[key]) < 0:
+        if config[key] < 0:
             raise UserError(f"{key} must not be negative, got {config[key]}")
-    for key in ("distill_alpha", "max_warmup_fraction"):
-        if not 0.0 <= float(config[key]) <= 1.0:
+    for key in ("distill_alpha", "label_smoothing", "max_warmup_fraction"):
+        if not 0.0 <= config[key] <= 1.0:
             raise UserError(f"{key} must be in [0, 1], got {config[key]}")
+    if config["drop_path_rate"] >= 1.0:
+        raise UserError(f"drop_path_rate must be below 1, got {config['drop_path_rate']}")
+    if config["distill_temperature"] <= 0:
+        raise UserError(f"distill_temperature must be positive, got {config['distill_temperature']}")
+    check_image_size(config["image_size"], "image_size")
+    check_device_id(config["device_id"])
 
 
 def add_arguments(parser):
     """One --flag per setting, typed by its default; None-defaulted flags are strings or ints as named."""
-    typed = {"num_classes": int, "image_size": int, "dataset_path": str, "teacher_checkpoint": str,
-             "resume": str}
-    for key, default in DEFAULTS.items():
-        if isinstance(default, bool) or key == "fused":
+    for key in DEFAULTS:
+        if setting_type(key) is bool:
             parser.add_argument(f"--{key}", type=parse_bool, metavar="{true,false}")
         else:
-            kind = typed.get(key) or type(default)
-            parser.add_argument(f"--{key}", type=kind, choices=CHOICES.get(key))
+            parser.add_argument(f"--{key}", type=setting_type(key), choices=CHOICES.get(key))
     return parser
 
 
@@ -122,5 +159,4 @@ def parse_bool(text):
 
 
 def save_config(config, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+    write_text(path, yaml.safe_dump(config, sort_keys=False))

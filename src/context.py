@@ -1,8 +1,15 @@
-"""Device set-up shared by every entry point, with clear errors instead of deep tracebacks."""
+"""Device set-up and the command-line frame shared by every entry point: clear errors instead of
+deep tracebacks, and Ctrl-C that stops within seconds."""
+import contextlib
 import os
+import shutil
+import signal
 import sys
+import threading
 
 PLATFORMS = ("Ascend", "GPU", "CPU")
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd command
 
 
 class UserError(Exception):
@@ -10,12 +17,100 @@ class UserError(Exception):
 
 
 def run_cli(main):
-    """Run main(); a UserError becomes one message on stderr and a non-zero exit."""
+    """Run main(); a UserError becomes one message on stderr and exit status 2, Ctrl-C exit status 130."""
+    previous = _stop_on_interrupt()
     try:
         return main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    finally:
+        _restore_handlers(previous)
+
+
+_interrupt = {"note": "", "watcher": None, "pipe": None}
+# Held while a file is renamed into place or a scratch folder is created or removed: Ctrl-C waits for it.
+_renaming = threading.RLock()
+_scratch_folders = set()
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """A short block (a rename) that Ctrl-C lets finish before the process stops."""
+    with _renaming:
+        yield
+
+
+@contextlib.contextmanager
+def scratch_folder(create):
+    """The folder create() makes, removed when the block ends, or by Ctrl-C stopping the process."""
+    with _renaming:
+        folder = create()
+        _scratch_folders.add(folder)
+    try:
+        yield folder
+    finally:
+        with _renaming:
+            shutil.rmtree(folder, ignore_errors=True)
+            _scratch_folders.discard(folder)
+
+
+def set_interrupt_note(note):
+    """Text added to the message printed when Ctrl-C stops the command (e.g. how to resume)."""
+    _interrupt["note"] = note
+
+
+def _exit_interrupted():
+    note = f"; {_interrupt['note']}" if _interrupt["note"] else ""
+    print(f"interrupted{note}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _stop_on_interrupt():
+    """Make SIGINT (Ctrl-C) and SIGTERM stop the command promptly; returns the handlers to restore.
+
+    MindSpore compiles graphs in C++ and, once its runtime has started, replaces the SIGINT
+    handler by one that sends the process SIGTERM; a KeyboardInterrupt raised inside its
+    compiler is sometimes swallowed. So the signals are not turned into exceptions: Python's
+    handlers only wake a watcher thread (through the wakeup fd, which works while the main
+    thread is inside C++). The watcher waits for a rename in progress (uninterrupted), removes
+    the scratch folders of unfinished writes, and ends the process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if _interrupt["watcher"] is None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        _interrupt["pipe"] = write_end
+        _interrupt["watcher"] = threading.Thread(target=_watch, args=(read_end,), name="interrupt-watcher",
+                                                 daemon=True)
+        _interrupt["watcher"].start()
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous["wakeup_fd"] = signal.set_wakeup_fd(_interrupt["pipe"], warn_on_full_buffer=False)
+    return previous
+
+
+def _ignore(signum, frame):
+    """The watcher thread acts on the signal; the main thread carries on until then."""
+
+
+def _watch(read_end):
+    while True:
+        received = os.read(read_end, 1)
+        if received and received[0] in (signal.SIGINT, signal.SIGTERM):
+            _renaming.acquire()
+            for folder in _scratch_folders:
+                shutil.rmtree(folder, ignore_errors=True)
+            _exit_interrupted()
+
+
+def _restore_handlers(previous):
+    if previous is None:
+        return
+    signal.set_wakeup_fd(previous.pop("wakeup_fd"))
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def setup_device(platform, device_id=0, mode="graph"):
@@ -27,6 +122,7 @@ def setup_device(platform, device_id=0, mode="graph"):
     """
     if platform not in PLATFORMS:
         raise UserError(f"unsupported platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
+    check_device_id(device_id, "--device_id")
     if platform == "CPU":
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     import mindspore as ms
@@ -47,6 +143,11 @@ def setup_device(platform, device_id=0, mode="graph"):
         if ms.get_context("device_target") != platform:
             raise UserError(f"cannot switch to {platform}: this process already runs on "
                             f"{ms.get_context('device_target')} ({err})") from None
+
+
+def check_device_id(device_id, label="device_id"):
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise UserError(f"{label} must be a device number (0, 1, ...), got {device_id!r}")
 
 
 def cache_dir():

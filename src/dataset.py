@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shutil
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -26,11 +27,14 @@ import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 
 from src.context import UserError, cache_dir
+from src.files import atomic_write
 
 DATASETS = ("imagenet", "imagefolder", "fashion_mnist")
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_IMAGE_SIZE = {"imagenet": 224, "imagefolder": 224, "fashion_mnist": 28}
+# The smallest input side the scripts accept: below it BiMLP's last stages see one-pixel maps.
+MIN_IMAGE_SIZE = 16
 # ImageNet-1k's synsets in canonical order with their names (origin: see the file's header).
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.tsv")
 # The eval resize keeps the crop at 87.5% of the shorter side: 224 -> 256.
@@ -99,6 +103,12 @@ def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
                          num_parallel_workers=workers)
     dataset = dataset.map(transforms.TypeCast(ms.int32), input_columns="label")
     return dataset.batch(batch_size, drop_remainder=training)
+
+
+def check_image_size(size, flag="--image_size"):
+    """UserError for an input side below MIN_IMAGE_SIZE (None: the default size, fine)."""
+    if size is not None and size < MIN_IMAGE_SIZE:
+        raise UserError(f"{flag} must be at least {MIN_IMAGE_SIZE}, got {size}")
 
 
 def default_workers(name):
@@ -342,12 +352,14 @@ def fashion_mnist_folder(path=FASHION_MNIST_DIR):
                         f"install them with `apt-get install dataset-fashion-mnist` "
                         f"or pass the folder that holds them")
     if all(not source.endswith(".gz") for source in sources.values()):
+        _check_idx(path)
         return path
     cache = os.path.join(cache_dir(), "fashion-mnist", _fingerprint(sources.values()))
     for name, source in sources.items():
         target = os.path.join(cache, name)
         if not os.path.isfile(target):
             _decompress(source, target)
+    _check_idx(cache)
     return cache
 
 
@@ -368,15 +380,39 @@ def _fingerprint(files):
 
 
 def _decompress(source, target):
-    """Write the decompressed file under a temporary name, then rename: never a torn cache file."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.tmp.{os.getpid()}"
-    opener = gzip.open if source.endswith(".gz") else open
-    try:
+    """Copy an idx file into the cache, decompressing a .gz one, with atomic_write: never a torn cache file."""
+
+    def write(tmp):
+        opener = gzip.open if source.endswith(".gz") else open
         with opener(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    except (OSError, EOFError) as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"cannot decompress {source} into {target}: {err}") from None
-    os.replace(tmp, target)
+            try:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+                raise UserError(f"cannot decompress {source}: {err} (a damaged download?)") from None
+
+    atomic_write(target, write)
+
+
+# idx files: a magic number, the item count and (images) rows and columns, big-endian uint32, then uint8 data.
+IDX_MAGIC = {"images": 2051, "labels": 2049}
+
+
+def _check_idx(folder):
+    """UserError for a truncated or mismatched pair of idx files (MindSpore would fail deep inside)."""
+    for images_name, labels_name in FASHION_MNIST_FILES.values():
+        counts = []
+        for kind, name in (("images", images_name), ("labels", labels_name)):
+            file = os.path.join(folder, name)
+            dims = 3 if kind == "images" else 1
+            with open(file, "rb") as f:
+                header = f.read(4 * (1 + dims))
+            values = np.frombuffer(header, ">u4") if len(header) == 4 * (1 + dims) else None
+            if values is None or values[0] != IDX_MAGIC[kind]:
+                raise UserError(f"{file} is not a Fashion-MNIST {kind} idx file (bad header)")
+            expected = len(header) + int(np.prod(values[1:], dtype=np.int64))
+            if os.path.getsize(file) != expected:
+                raise UserError(f"{file} is truncated or damaged: {os.path.getsize(file)} bytes, "
+                                f"its header promises {expected}")
+            counts.append(int(values[1]))
+        if counts[0] != counts[1]:
+            raise UserError(f"{images_name} holds {counts[0]} images but {labels_name} {counts[1]} labels in {folder}")

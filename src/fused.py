@@ -15,14 +15,14 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 
 import mindspore as ms
 from mindspore import dtype as mstype
 from mindspore import nn, ops
 
-from src.context import cache_dir
+from src.context import UserError, cache_dir
+from src.files import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc", "xnor_cpu.cc")]
@@ -74,22 +74,23 @@ def _read(path):
 
 def _compile(compiler, target):
     """Build the library at target; the error text if that fails, else None."""
-    temp = None
-    try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
-        os.close(fd)
-        result = subprocess.run([compiler, *FLAGS, "-o", temp, *SOURCES], capture_output=True, text=True)
+
+    def build(tmp):
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
         if result.returncode:
-            return result.stderr.strip()
-        os.replace(temp, target)  # atomic: a concurrent process sees no library or the whole one
-        temp = None
+            raise CompileError(result.stderr.strip())
+
+    try:
+        atomic_write(target, build, suffix=".so")  # a concurrent process sees no library or the whole one
         return None
-    except OSError as err:  # no such compiler, or an unwritable cache directory
+    except CompileError as err:
         return str(err)
-    finally:
-        if temp is not None and os.path.exists(temp):
-            os.unlink(temp)
+    except (OSError, UserError) as err:  # no such compiler, or an unwritable cache directory
+        return str(err)
+
+
+class CompileError(Exception):
+    pass
 
 
 def available():

@@ -42,6 +42,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 
 from src.context import UserError
+from src.files import write_bytes
 from src.quan_conv import QuanConv
 
 MAGIC = b"BiMLPpk\x02"
@@ -125,17 +126,8 @@ def save_packed(packed, path):
     body = (len(header).to_bytes(HEADER_LENGTH_SIZE, "little") + header
             + b"".join(np.ascontiguousarray(value).tobytes() for value in packed["tensors"].values()))
     data = MAGIC + hashlib.sha256(body).digest() + body
-    write_atomic(path, data)
+    write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def write_atomic(path, data):
-    """Write bytes to a temporary file, then rename: a crash never leaves a torn file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def is_packed(path):

@@ -8,7 +8,7 @@ import os
 import re
 
 from src.context import UserError
-from src.packing import write_atomic
+from src.files import write_text
 from src.wavemlp_20_3 import models_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,5 +76,5 @@ def record_sha256(name, digest):
     line = re.compile(rf'^(    "{re.escape(name)}": )"[0-9a-f]{{64}}",$', flags=re.MULTILINE)
     if len(line.findall(source)) != 1:
         raise UserError(f"{table} has no SHIPPED_SHA256 line for {name}")
-    write_atomic(table, line.sub(rf'\g<1>"{digest}",', source).encode("utf-8"))
+    write_text(table, line.sub(rf'\g<1>"{digest}",', source))
     SHIPPED_SHA256[name] = digest

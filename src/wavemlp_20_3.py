@@ -18,6 +18,7 @@ from src import fused as fused_kernels
 from src.fused import channel_scale, mix3, move_quantize, norm_act, phase_quantize, pool4, wave_mix
 from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
+from src.drop_path import DropPath
 from src.quan_conv import QuanConv
 
 ACCURATE_POOL = ops.AdaptiveAvgPool2D(1)
@@ -274,20 +275,6 @@ class PATM(nn.Cell):
         a = self.reweight(ACCURATE_POOL(k.sum4(h, w, c, u))).reshape(batch, self.dim, 3).transpose(2, 0, 1)
         x = k.mix3(h, w, c, u, ops.softmax(a, axis=0))
         return fused_residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth per sample; identity at rate 0 and in eval mode."""
-
-    def __init__(self, rate):
-        super().__init__()
-        self.keep = 1.0 - rate
-
-    def construct(self, x):
-        if not self.training or self.keep == 1.0:
-            return x
-        mask = ops.bernoulli(ops.full((x.shape[0], 1, 1, 1), self.keep, dtype=x.dtype), p=self.keep)
-        return x * mask / self.keep
 
 
 class WaveBlock(nn.Cell):

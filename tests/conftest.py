@@ -3,8 +3,12 @@
 Binary networks are chaotic, and oneDNN picks differently-rounding kernels by
 CPU; AVX2 makes the reference logits reproducible on every x86 machine.
 """
+import importlib
 import os
+import shutil
 import sys
+
+import pytest
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,6 +17,28 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
 
 from mindspore import Tensor, nn  # noqa: E402  (after the oneDNN setting)
+
+
+def require(available, what):
+    """Skip a test whose tool is missing on this machine; under CI (CI=true) fail instead, so that
+    an advertised feature is never silently left untested."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"{what} is missing, and CI=true requires every feature to be tested", pytrace=False)
+    pytest.skip(f"{what} is missing")
+
+
+def require_tool(name, path=None):
+    require(shutil.which(name, path=path) is not None, f"the program {name}")
+
+
+def require_module(name):
+    """The imported module, if installed (see require)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"the Python package {name}")
 
 
 class Weighted(nn.Cell):

@@ -41,7 +41,8 @@ def test_checkpoint_nm_is_the_model_flag(command, capsys):
 
 
 def test_train_names_the_variant_with_model():
-    assert train.parse_config(["--model", "BiMLP_T", "--dataset", "fashion_mnist"])["model"] == "BiMLP_T"
+    config, _ = train.parse_config(["--model", "BiMLP_T", "--dataset", "fashion_mnist"])
+    assert config["model"] == "BiMLP_T"
 
 
 def test_benchmark_model_selects_the_variants_of_every_part():

@@ -295,3 +295,24 @@ def test_bad_arguments_are_user_errors(formats_tree):
         create_dataset("cifar", formats_tree, "val", batch_size=2)
     with pytest.raises(UserError, match="unknown split"):
         create_dataset("imagefolder", formats_tree, "test", batch_size=2)
+
+
+def test_truncated_or_mismatched_idx_files_are_clear_errors(tmp_path):
+    images = np.zeros((6, 28, 28), np.uint8)
+    write_idx(str(tmp_path), "train", images, [0] * 6)
+    write_idx(str(tmp_path), "test", images[:2], [0, 1, 2])
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte holds 2 images but t10k-labels-idx1-ubyte 3 labels"):
+        create_dataset("fashion_mnist", str(tmp_path), "val", batch_size=2)
+    write_idx(str(tmp_path), "test", images[:2], [0, 1])
+    file = tmp_path / "train-images-idx3-ubyte"
+    file.write_bytes(file.read_bytes()[:2000])  # an interrupted download
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte is truncated or damaged: 2000 bytes, "
+                                        r"its header promises 4720"):
+        count_images("fashion_mnist", str(tmp_path), "train")
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with pytest.raises(UserError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+        fashion_mnist_folder()

@@ -24,7 +24,7 @@ from conftest import packed_copy
 from data_images import noisy, solid, truncate, write_idx, write_tree
 from src import pretrained
 from src.checkpoint import model_records
-from src.context import UserError
+from src.context import UserError, run_cli
 from src.dataset import FASHION_MNIST_DIR
 from src.wavemlp_20_3 import create_model
 
@@ -159,6 +159,14 @@ def test_checkpoint_of_the_other_fashion_mnist_variant(t_checkpoint):
     proc = run_eval("--checkpoint_path", t_checkpoint, "--model", "BiMLP_T14", "--mode", "pynative")
     assert_user_error(proc, "does not fit BiMLP_T14", "patch_embed.proj.weight checkpoint (32, 1, 4, 4) vs model "
                       "(32, 1, 3, 3)", "--model BiMLP_T")
+
+
+def test_a_negative_device_id_is_a_clear_error(t_checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: eval_script.main(["--checkpoint_path", t_checkpoint, "--model", "BiMLP_T",
+                                          "--device_id", "-1"]))
+    assert exit_info.value.code == 2
+    assert "error: --device_id must be a device number (0, 1, ...), got -1" in capsys.readouterr().err
 
 
 def test_wrong_class_count(fruits, s_checkpoint):

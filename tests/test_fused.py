@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
+from conftest import require
 from src import fused
 from src.quan_conv import QuanConv, RoundClip, XnorWeight
 from src.wavemlp_20_3 import RPReLU, WaveBlock, create_model
 
-pytestmark = pytest.mark.skipif(fused.library_path() is None, reason="no C++ compiler for the fused kernels")
+
+@pytest.fixture(autouse=True)
+def compiled_kernels():
+    require(fused.library_path() is not None, "a C++ compiler (g++) for the fused kernels")
 
 
 def randomize(net, seed):

@@ -12,7 +12,8 @@ import pack
 from conftest import ROOT
 from reference import reference_params
 import src.pretrained as pretrained
-from src.checkpoint import BINARY_MARKER, load_weights, model_records, read_checkpoint, recorded_class_names
+from src.checkpoint import (BINARY_MARKER, load_weights, model_records, read_checkpoint, recorded_binary,
+                            recorded_class_names, save_checkpoint)
 from src.context import UserError, run_cli
 from src.packing import SCALE, SHAPE, SIGNS, pack_params, packable_layers, read_packed, save_packed, unpack_params
 from src.summary import layer_counts, total
@@ -230,3 +231,46 @@ def test_unpack_rejects_other_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(lambda: pack.main(["--unpack", "--checkpoint_path", str(other), "--output", str(tmp_path / "x.ckpt")]))
     assert "not a packed BiMLP checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_unpacking_keeps_the_binary_or_float_record(tmp_path, binary):
+    ms.set_seed(0)
+    ckpt, packed, unpacked = tmp_path / "t.ckpt", tmp_path / "t.packed", tmp_path / "t_unpacked.ckpt"
+    save_checkpoint(create_model("BiMLP_T", binary=binary), str(ckpt), append_dict={BINARY_MARKER: int(binary)})
+    run_cli(lambda: pack.main(["--checkpoint_path", str(ckpt), "--model", "BiMLP_T", "--output", str(packed)]))
+    run_cli(lambda: pack.main(["--unpack", "--checkpoint_path", str(packed), "--output", str(unpacked)]))
+    assert recorded_binary(read_checkpoint(str(unpacked))) is binary
+    with pytest.raises(UserError, match=f"holds a {'binary' if binary else 'float'} network"):
+        load_weights(create_model("BiMLP_T", binary=not binary), str(unpacked), "BiMLP_T")
+    if binary:
+        with pytest.raises(UserError, match="a distillation teacher must be a float twin"):
+            load_weights(create_model("BiMLP_T", binary=False), str(unpacked), "BiMLP_T", teacher=True)
+
+
+def test_a_float_twin_is_refused_as_binary(tmp_path, capsys):
+    ckpt = tmp_path / "float.ckpt"
+    save_checkpoint(create_model("BiMLP_T", binary=False), str(ckpt), append_dict={BINARY_MARKER: 0})
+    with pytest.raises(SystemExit):
+        run_cli(lambda: pack.main(["--checkpoint_path", str(ckpt), "--model", "BiMLP_T", "--binary", "true",
+                                   "--output", str(tmp_path / "x.packed")]))
+    assert "holds a float network, but a binary one was built: pass --binary false" in capsys.readouterr().err
+
+
+def test_damaged_archives_and_unwritable_outputs_are_clear_errors(tmp_path, capsys):
+    net, params = seeded_params()
+    packed = tmp_path / "t.packed"
+    save_packed(pack_params(params, packable_layers(net), "BiMLP_T")[0], str(packed))
+    damaged = tmp_path / "damaged.packed"
+    damaged.write_bytes(packed.read_bytes()[:5000])
+    (tmp_path / "file").write_text("x")
+    for argv, message in [
+        (["--unpack", "--checkpoint_path", str(damaged), "--output", str(tmp_path / "x.ckpt")],
+         f"packed checkpoint {damaged} is damaged: its content does not match its SHA-256"),
+        (["--unpack", "--checkpoint_path", str(packed), "--output", str(tmp_path / "file" / "x.ckpt")],
+         f"--output {tmp_path / 'file' / 'x.ckpt'}: {tmp_path / 'file'} is a file, not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: pack.main(argv))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

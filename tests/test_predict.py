@@ -13,7 +13,7 @@ from PIL import Image
 import predict
 from conftest import ROOT, packed_copy
 from data_images import write_high_depth
-from src.checkpoint import CLASS_NAMES_RECORD, load_weights, model_records
+from src.checkpoint import CLASS_NAMES_RECORD, load_weights, model_records, save_checkpoint
 from src.context import run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, create_dataset, preprocess_image_file
 from src.pretrained import SHIPPED_DEFAULT_MODEL, shipped_checkpoint
@@ -36,6 +36,8 @@ def setup(tmp_path_factory):
     ms.set_seed(2)
     checkpoint = str(folder / "t.ckpt")
     ms.save_checkpoint(create_model("BiMLP_T"), checkpoint, append_dict=model_records(True, RECORDED))
+    save_checkpoint(create_model("BiMLP_T", binary=False), str(folder / "float.ckpt"),
+                    append_dict=model_records(False, RECORDED))
     images = folder / "images"
     images.mkdir()
     for index, pixels in enumerate(fashion_mnist_test_images(IMAGES)):
@@ -58,11 +60,14 @@ def outputs(setup, tmp_path_factory):
     names = tmp_path_factory.mktemp("names") / "names.txt"
     names.write_text("".join(f"n{index:08d} thing{index}, other name\n" for index in range(10)))
     common = ["--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
+    float_twin = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
     commands = {"json": predict_command("--image", folder, "--json", "--checkpoint_path",
                                         packed_copy(checkpoint, "BiMLP_T"), "--model", "BiMLP_T"),
                 "single": predict_command("--image", os.path.join(folder, "0.png"), "--class_names", str(names),
                                           "--top_k", "3", *common),
-                "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json")}
+                "shipped": predict_command("--image", os.path.join(folder, "0.png"), "--json"),
+                "float": predict_command("--image", os.path.join(folder, "0.png"), "--checkpoint_path", float_twin,
+                                         "--model", "BiMLP_T", "--binary", "false")}
     # Run from elsewhere: the shipped checkpoint must be found from the script's folder, not the caller's.
     elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
     runs = {key: subprocess.Popen(command, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,6 +144,11 @@ def test_synset_mapping_and_plain_names(tmp_path):
     assert predict.read_class_names(str(plain), 2) == ["cat", "dog"]
 
 
+def test_a_float_twin_classifies_with_binary_false(outputs):
+    lines = outputs["float"].strip().splitlines()
+    assert lines[0].endswith("0.png") and len(lines) == 6
+
+
 def test_names_without_a_record_are_the_variants_datasets():
     assert predict.class_names("BiMLP_T14", 10, {}) == list(FASHION_MNIST_CLASSES)
     imagenet = predict.class_names("BiMLP_S", 1000, {})
@@ -153,6 +163,9 @@ def test_names_without_a_record_are_the_variants_datasets():
     ("empty", "no images"),
     ("broken", "cannot decode"),
     ("class_count", "lists 2 class names, the model has 10 classes"),
+    ("size 0", "--image_size must be at least 16, got 0"),
+    ("size 5", "--image_size must be at least 16, got 5"),
+    ("float twin", "holds a float network, but a binary one was built: pass --binary false"),
     ("no_shipped_checkpoint", "--checkpoint_path is required for BiMLP_S"),
     ("xnor_gpu", "--engine xnor runs on the fused CPU kernels"),
 ])
@@ -162,9 +175,13 @@ def test_errors(case, message, setup, tmp_path, capsys):
              "broken": os.path.join(folder, "broken.png")}.get(case, os.path.join(folder, "0.png"))
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
+    if case == "float twin":
+        checkpoint = os.path.join(os.path.dirname(checkpoint), "float.ckpt")
     argv = ["--image", image, "--checkpoint_path", checkpoint, "--model", "BiMLP_T"]
     if case == "class_count":
         argv += ["--class_names", str(names)]
+    if case.startswith("size"):
+        argv += ["--image_size", case.split()[1]]
     if case == "no_shipped_checkpoint":
         argv = ["--image", image, "--model", "BiMLP_S"]
     elif case == "xnor_gpu":

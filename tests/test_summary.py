@@ -115,11 +115,12 @@ def test_cli_markdown(capsys):
     assert "| OPs = BOPs/64 + FLOPs |" in out
 
 
-def test_cli_rejects_too_small_image(capsys):
+@pytest.mark.parametrize("size", ["2", "0"])
+def test_cli_rejects_too_small_image(capsys, size):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: summary.main(["--model", "BiMLP_S", "--image_size", "2"]))
+        run_cli(lambda: summary.main(["--model", "BiMLP_S", "--image_size", size]))
     assert exit_info.value.code == 2
-    assert "too small" in capsys.readouterr().err
+    assert f"--image_size must be at least 16, got {size}" in capsys.readouterr().err
 
 
 def test_architecture_figure(tmp_path):

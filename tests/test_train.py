@@ -1,4 +1,5 @@
-"""train.py: configs, schedule, checkpoints, resume after a kill, divergence (msrun: test_distribute.py).
+"""train.py: configs, schedule, checkpoints, resume after Ctrl-C, divergence, output-folder safety
+(msrun: test_distribute.py).
 
 Runs use BiMLP_T on a small real Fashion-MNIST subset (the first images of the
 Debian package's files), so each training process takes well under a minute.
@@ -20,11 +21,13 @@ import yaml
 import train
 from conftest import ROOT, packed_copy
 from data_images import noisy, write_idx, write_tree
-from src.checkpoint import model_records, recorded_class_names
+from src.checkpoint import BINARY_MARKER, model_records, recorded_class_names, save_checkpoint
 from src.config import DEFAULTS, load_config
-from src.context import UserError
+from src.context import UserError, run_cli
 from src.dataset import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+from src.files import FolderLock
 from src.optim import config_lr_schedule, decays, lr_schedule
+from src.run_folder import RUN_FILES, claim_output_dir
 from src.wavemlp_20_3 import MODELS, create_model
 
 CONFIG = os.path.join(ROOT, "configs", "bimlp_t_fashion_mnist.yaml")
@@ -80,6 +83,16 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def log_epochs(folder):
+    with open(os.path.join(folder, "log.csv")) as f:
+        return [row["epoch"] for row in csv.DictReader(f)]
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_config_layers_defaults_yaml_and_flags(tmp_path):
     file = tmp_path / "c.yaml"
     file.write_text("model: BiMLP_T\nlr: 0.5\nepochs: 7\n")
@@ -94,12 +107,23 @@ def test_config_layers_defaults_yaml_and_flags(tmp_path):
     ("epochs: 0\n", "epochs must be at least 1"),
     ("platform: TPU\n", "platform must be one of"),
     ("max_warmup_fraction: 1.5\n", "max_warmup_fraction must be in [0, 1]"),
+    ('binary: "false"\n', "binary must be true or false, got 'false' (write it without quotes)"),
+    ("epochs: 1.5\n", "epochs must be a whole number, got 1.5"),
+    ("lr: fast\n", "lr must be a number, got 'fast'"),
+    ("image_size: 0\n", "image_size must be at least 16, got 0"),
+    ("device_id: -1\n", "device_id must be a device number"),
 ])
 def test_bad_config_files_are_errors(tmp_path, text, message):
     file = tmp_path / "c.yaml"
     file.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         load_config(str(file))
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("lr: 1e-3\n")  # YAML 1.1 reads this as a string
+    assert load_config(str(file))["lr"] == 0.001
 
 
 def test_every_shipped_config_loads():
@@ -160,27 +184,29 @@ def test_weight_decay_only_on_conv_and_dense_weights():
         assert name not in decayed
 
 
-def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_path):
+def test_ctrl_c_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_path):
     # Three runs of one configuration in GRAPH mode, as users train: compile once, reuse twice.
+    # DropPath on: its random decisions must continue where the interrupted run stopped.
     cache = compile_cache(tmp_path / "graph_cache")
-    unbroken = run(train_args(small_fashion, tmp_path / "a"), env=cache)
+    unbroken = run(train_args(small_fashion, tmp_path / "a", "--drop_path_rate", "0.2"), env=cache)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["batch_size"] == 8 and saved["num_classes"] == 10
 
     out = tmp_path / "b"
-    proc = subprocess.Popen(train_args(small_fashion, out), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **cache})
+    proc = subprocess.Popen(train_args(small_fashion, out, "--drop_path_rate", "0.2"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **cache})
     for line in proc.stdout:
         if line.startswith("epoch 2/2 step 3/"):
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGINT)
             break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"interrupted; {out / 'last.ckpt'} holds epoch 1; continue with --resume last"
     assert checkpoint_arrays(out / "last.ckpt")["train_state.epoch"] == 1
-    assert not [f for f in os.listdir(out) if ".tmp" in f]
+    assert sorted(os.listdir(out)) == [".lock", *sorted(RUN_FILES)]
 
-    resumed = run(train_args(small_fashion, out, "--resume", "last"), env=cache)
+    resumed = run(train_args(small_fashion, out, "--drop_path_rate", "0.2", "--resume", "last"), env=cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "1 epochs done" in resumed.stdout
     assert "epoch 1/2 step" not in resumed.stdout
@@ -188,6 +214,7 @@ def test_kill_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_pa
     a, b = checkpoint_arrays(tmp_path / "a" / "last.ckpt"), checkpoint_arrays(out / "last.ckpt")
     assert a.keys() == b.keys()
     assert "global_step" in a and any(name.startswith("adam_m.") for name in a)
+    assert a["network.6.0.drop_path.drop_path_draws"] == 2 * 2 * 10  # two calls per step, 2 x 10 steps
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     with open(tmp_path / "a" / "log.csv") as fa, open(out / "log.csv") as fb:
@@ -210,11 +237,131 @@ def test_divergence_stops_with_the_last_good_checkpoint_intact(small_fashion, tm
     before = digest(out / "last.ckpt")
     diverged = run(train_args(small_fashion, out, "--epochs", "2", "--steps_per_epoch", "3", "--resume", "last",
                               "--lr", "1e30", "--mode", "pynative"))
-    assert diverged.returncode != 0
+    assert diverged.returncode == 2  # as the README promises
     assert "loss became" in diverged.stderr and "Last good checkpoint" in diverged.stderr
     assert str(out / "last.ckpt") in diverged.stderr
     assert "Traceback" not in diverged.stderr
     assert digest(out / "last.ckpt") == before
+
+
+# train.py, with a full disk inside MindSpore's checkpoint writer from the Nth save on (argv[1]).
+FULL_DISK_FROM_SAVE = """
+import errno, os, runpy, sys
+import mindspore.train.serialization as serialization
+
+fail_from, saves = int(sys.argv.pop(1)), []
+
+
+def counted(save):
+    def wrapper(*args, **kwargs):
+        saves.append(args[0])
+        return save(*args, **kwargs)
+    return wrapper
+
+
+def full_disk(write):
+    def wrapper(name, value, f, *args, **kwargs):
+        if len(saves) >= fail_from:
+            f.write(bytes(4096))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(name, value, f, *args, **kwargs)
+    return wrapper
+
+
+serialization._exec_save = counted(serialization._exec_save)
+for name in ("_write_parameter_data", "_write_parameter_bytes_data"):
+    setattr(serialization, name, full_disk(getattr(serialization, name)))
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_an_output_dir_is_never_shared_overwritten_or_left_half_written(small_fashion, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(small_fashion, out, "--epochs", "2", "--steps_per_epoch", "2", "--mode", "pynative")
+    # Saves 1 and 2 are epoch 1's last.ckpt and best.ckpt; the disk is full from epoch 2's last.ckpt on.
+    with open(tmp_path / "first.err", "w") as first_err:
+        first = subprocess.Popen([sys.executable, "-c", FULL_DISK_FROM_SAVE, "3", *args[2:]], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=first_err, text=True)
+        for line in first.stdout:
+            if line.startswith("training "):
+                break
+        with pytest.raises(UserError, match=rf"in use by train.py \(pid {first.pid} on host"):
+            FolderLock(str(out), "pytest")  # the run holds its folder
+        first.communicate(timeout=900)
+    err = (tmp_path / "first.err").read_text()
+    assert first.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {out / 'last.ckpt'}: no space left on the device "
+                                            f"(the previous file, if any, is unchanged)")
+    assert sorted(os.listdir(out)) == [".lock", *sorted(RUN_FILES)]  # no temporary left behind
+    assert checkpoint_arrays(out / "last.ckpt")["train_state.epoch"] == 1
+    assert log_epochs(out) == ["1"]  # no row for the epoch that no checkpoint holds
+
+    before = {name: digest(out / name) for name in RUN_FILES}
+    lock = FolderLock(str(out), "pytest")  # as if another run held the folder
+    refused = {message: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for message, command in {
+                   f"{out} is in use by pytest (pid {os.getpid()} on host": args,
+                   "checkpoint not found": [*args, "--resume", "last", "--teacher_checkpoint", str(tmp_path / "no.ckpt")],
+                   "holds a binary network but this run trains a float one": [*args, "--resume", "last",
+                                                                               "--binary", "false"],
+               }.items()}
+    for message, proc in refused.items():
+        out_text, err_text = proc.communicate(timeout=900)
+        assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out_text, err_text), message)
+    lock.release()
+    assert_one_line_error(run(args), "is not empty (best.ckpt, config.yaml, last.ckpt, log.csv): "
+                                     "continue that run with --resume last, replace its results with --overwrite")
+    assert {name: digest(out / name) for name in RUN_FILES} == before
+
+    replaced = run([*args, "--overwrite", "--epochs", "1", "--steps_per_epoch", "1"])
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert log_epochs(out) == ["1"] and digest(out / "last.ckpt") != before["last.ckpt"]
+
+
+def test_claiming_an_output_dir_removes_stale_scratch_and_overwrites_only_a_runs_files(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".last.ckpt.k2j3x.tmp").mkdir(parents=True)  # left by a run killed while saving
+    (folder / ".notes.tmp").mkdir()
+    (folder / "msrun_log").mkdir()  # msrun's worker logs, written before train.py starts
+    (folder / "log.csv").write_text("epoch\n")
+    (folder / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match=r"is not empty \(\.notes\.tmp, log\.csv, notes\.txt\)"):
+        claim_output_dir(str(folder), resume=None, overwrite=False)
+    claim_output_dir(str(folder), resume=None, overwrite=True).release()
+    assert sorted(os.listdir(folder)) == [".lock", ".notes.tmp", "msrun_log", "notes.txt"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--image_size", "0"], "image_size must be at least 16, got 0"),
+    (["--device_id", "-1"], "device_id must be a device number"),
+    (["--distribute", "true"], "--distribute true runs under msrun"),
+    (["--resume", "last", "--overwrite"], "give only one of them"),
+])
+def test_bad_training_input_in_process(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train.main(["--config", CONFIG, "--output_dir", str(tmp_path / "out"), *flags]))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_an_output_dir_under_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        run_cli(lambda: train.main(["--config", CONFIG, "--output_dir", str(tmp_path / "file" / "out")]))
+    assert f"--output_dir {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, not a folder" \
+        in capsys.readouterr().err
+
+
+def test_a_teacher_of_another_variant_is_named_without_other_commands_flags(tmp_path):
+    path = str(tmp_path / "t14.ckpt")
+    save_checkpoint(create_model("BiMLP_T14", binary=False), path, append_dict={BINARY_MARKER: 0})
+    config = load_config(CONFIG, {"teacher_checkpoint": path})
+    with pytest.raises(UserError) as raised:
+        train.build_teacher(config, 10)
+    assert "this checkpoint looks like BiMLP_T14" in str(raised.value)
+    assert "--checkpoint_nm" not in str(raised.value)
 
 
 @pytest.mark.parametrize("flags,message", [
