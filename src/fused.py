@@ -72,6 +72,10 @@ def _read(path):
         return f.read()
 
 
+class CompileError(Exception):
+    pass
+
+
 def _compile(compiler, target):
     """Build the library at target; the error text if that fails, else None."""
 
@@ -83,14 +87,8 @@ def _compile(compiler, target):
     try:
         atomic_write(target, build, suffix=".so")  # a concurrent process sees no library or the whole one
         return None
-    except CompileError as err:
+    except (CompileError, OSError, UserError) as err:  # OSError: no such compiler; UserError: unwritable cache
         return str(err)
-    except (OSError, UserError) as err:  # no such compiler, or an unwritable cache directory
-        return str(err)
-
-
-class CompileError(Exception):
-    pass
 
 
 def available():

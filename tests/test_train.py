@@ -202,7 +202,8 @@ def test_ctrl_c_mid_epoch_then_resume_equals_an_unbroken_run(small_fashion, tmp_
             break
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
-    assert err.strip().splitlines()[-1] == f"interrupted; {out / 'last.ckpt'} holds epoch 1; continue with --resume last"
+    assert err.strip().splitlines()[-1] == \
+        f"interrupted; {out / 'last.ckpt'} holds epoch 1; continue with --resume last"
     assert checkpoint_arrays(out / "last.ckpt")["train_state.epoch"] == 1
     assert sorted(os.listdir(out)) == [".lock", *sorted(RUN_FILES)]
 
@@ -302,7 +303,8 @@ def test_an_output_dir_is_never_shared_overwritten_or_left_half_written(small_fa
     refused = {message: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for message, command in {
                    f"{out} is in use by pytest (pid {os.getpid()} on host": args,
-                   "checkpoint not found": [*args, "--resume", "last", "--teacher_checkpoint", str(tmp_path / "no.ckpt")],
+                   "checkpoint not found": [*args, "--resume", "last",
+                                            "--teacher_checkpoint", str(tmp_path / "no.ckpt")],
                    "holds a binary network but this run trains a float one": [*args, "--resume", "last",
                                                                                "--binary", "false"],
                }.items()}
