@@ -361,9 +361,9 @@ def test_a_teacher_of_another_variant_is_named_without_other_commands_flags(tmp_
     save_checkpoint(create_model("BiMLP_T14", binary=False), path, append_dict={BINARY_MARKER: 0})
     config = load_config(CONFIG, {"teacher_checkpoint": path})
     with pytest.raises(UserError) as raised:
-        train.build_teacher(config, 10)
+        train.build_teacher(config, 10, list(FASHION_MNIST_CLASSES))
     assert "this checkpoint looks like BiMLP_T14" in str(raised.value)
-    assert "--checkpoint_nm" not in str(raised.value)
+    assert "--model" not in str(raised.value)
 
 
 @pytest.mark.parametrize("flags,message", [
