@@ -442,14 +442,14 @@ class BiMLP(nn.Cell):
             kernels = fused_kernels.Kernels()
             for cell in [cell for cell in cells if getattr(cell, "fusable", False)]:
                 cell.kernels = kernels
-            self.binarized_weights = weight_cache.BinarizedWeights(self, kernels, engine)
+            self.binarized_weights = weight_cache.cache_for(self, kernels, engine)
         if self.fused_training:
             train_kernels = fused_kernels.TrainKernels()
             for cell in [cell for cell in cells if hasattr(cell, "train_kernels")]:
                 cell.train_kernels = train_kernels
 
     def __call__(self, *args, **kwargs):
-        if self.fused and not self.training:
+        if self.fused and not self.training and self.binarized_weights is not None:
             self.binarized_weights.refresh()
         return super().__call__(*args, **kwargs)
 

@@ -18,6 +18,7 @@ counts and optimizers never see them; they take as much memory as the binary lay
 """
 import ctypes
 import functools
+import os
 
 import numpy as np
 from mindspore import Parameter, Tensor, ops
@@ -121,6 +122,23 @@ class BinarizedWeights:
             else:
                 sizes["float"] += layer.binarized_weight.nbytes
         return sizes
+
+
+def compile_cache_enabled():
+    """MindSpore's compile cache (MS_COMPILER_CACHE_ENABLE) restores graphs without the cache's
+    unregistered Parameters: a restored graph would read their first values."""
+    return os.environ.get("MS_COMPILER_CACHE_ENABLE", "0").lower() in ("1", "true", "on")
+
+
+def cache_for(net, kernels, engine):
+    """The network's BinarizedWeights; None under the compile cache, where the exact engine computes
+    wb in the graph at every call instead (the xnor engine needs the cache: an error)."""
+    if not compile_cache_enabled():
+        return BinarizedWeights(net, kernels, engine)
+    if engine == "xnor":
+        raise ValueError("engine='xnor' keeps its packed weights outside the graph, which MindSpore's "
+                         "compile cache (MS_COMPILER_CACHE_ENABLE) does not restore: unset it")
+    return None
 
 
 def _checked(layer, kernels, value):

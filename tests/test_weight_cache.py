@@ -5,6 +5,7 @@ import pytest
 from mindspore import Tensor, nn
 
 from src import fused
+from src.quan_conv import QuanConv
 from src.wavemlp_20_3 import create_model
 from test_fused import data, randomize
 
@@ -82,3 +83,13 @@ def test_the_cache_is_not_a_parameter_of_the_network():
     names = [name for name, _ in net.parameters_and_names()]
     assert names == [name for name, _ in create_model("BiMLP_T").parameters_and_names()]
     assert not any("binarized" in name for name in names)
+
+
+def test_under_the_compile_cache_the_weights_are_computed_in_the_graph(monkeypatch):
+    """A graph restored by MS_COMPILER_CACHE_ENABLE would read the cache's first values."""
+    monkeypatch.setenv("MS_COMPILER_CACHE_ENABLE", "1")
+    net = create_model("BiMLP_T", fused=True)
+    assert net.binarized_weights is None
+    assert all(layer.binarized_weight is None for _, layer in net.cells_and_names() if isinstance(layer, QuanConv))
+    with pytest.raises(ValueError, match="compile cache"):
+        create_model("BiMLP_T", engine="xnor")
