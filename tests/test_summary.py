@@ -80,7 +80,7 @@ def hooked_output_shapes(net, image_size):
 
 
 def test_analytic_shapes_match_a_forward_pass():
-    net = create_model("BiMLP_T")
+    net = create_model("BiMLP_T", fused=False)  # the fused kernels run around the conv cells, not through them
     assert conv_resolutions(net, 28) == hooked_output_shapes(net, 28)
 
 
