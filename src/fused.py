@@ -281,21 +281,22 @@ def norm_act(kernels, bn, act, a, shortcut=None):
     return y
 
 
-def move_quantize(kernels, move, conv, x):
-    """(t, q): t = move(x) and q = conv's quantized input of t."""
+def move_conv(kernels, move, conv, x):
+    """(t, conv(t)) for t = move(x); conv quantizes its input (the kernel binarizes t itself)."""
     if kernels is None or not conv.binary_input:
         t = move(x)
-        return t, conv.quantize_input(t)
-    return kernels.move_binarize(x, move.bias)
+        return t, conv(t)
+    t, q = kernels.move_binarize(x, move.bias)
+    return t, conv.convolve(q)
 
 
-def phase_quantize(kernels, move, conv, pair_mean, x, theta):
-    """(pair_mean(p), q) for p = move(concat(x cos(theta), x sin(theta))), q conv's quantized input of p."""
+def phase_conv(kernels, move, conv, pair_mean, x, theta):
+    """(pair_mean(p), conv(p)) for p = move(concat(x cos(theta), x sin(theta))); conv quantizes p."""
     if kernels is None or not conv.binary_input:
         p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
-        return pair_mean(p), conv.quantize_input(p)
+        return pair_mean(p), conv(p)
     q, m, _, _ = kernels.phase_move(x, theta, move.bias)
-    return m, q
+    return m, conv.convolve(q)
 
 
 def pool4(kernels, pools, x):

@@ -15,7 +15,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
-from src.fused import channel_scale, mix3, move_quantize, norm_act, phase_quantize, pool4, wave_mix
+from src.fused import channel_scale, mix3, move_conv, norm_act, phase_conv, pool4, wave_mix
 from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.drop_path import DropPath
@@ -171,11 +171,11 @@ class Mlp(nn.Cell):
             return self.construct_fused(x)
         k = self.train_kernels if self.training else None
         s1 = norm_act(k, self.norm0, self.act1, self.shortcut1(x))
-        _, xq = move_quantize(k, self.move1, self.fc1, x)
-        h = norm_act(k, self.norm1, self.act2, self.fc1.convolve(xq), s1)
+        _, a = move_conv(k, self.move1, self.fc1, x)
+        h = norm_act(k, self.norm1, self.act2, a, s1)
         s2 = self.shortcut2(h)
-        _, hq = move_quantize(k, self.move2, self.fc2, h)
-        return norm_act(k, self.norm2, self.act3, self.fc2.convolve(hq), s2)
+        _, a = move_conv(k, self.move2, self.fc2, h)
+        return norm_act(k, self.norm2, self.act3, a, s2)
 
     def construct_fused(self, x):
         k = self.kernels
@@ -188,8 +188,8 @@ class Mlp(nn.Cell):
 
 def residual_fc(kernels, move, conv, bn, act, x):
     """act(bn(conv(t)) + t) for t = move(x)."""
-    t, tq = move_quantize(kernels, move, conv, x)
-    return norm_act(kernels, bn, act, conv.convolve(tq), t)
+    t, a = move_conv(kernels, move, conv, x)
+    return norm_act(kernels, bn, act, a, t)
 
 
 def fused_residual_fc(kernels, move, conv, bn, act, x):
@@ -251,10 +251,10 @@ class PATM(nn.Cell):
         theta_w = residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
         xh = residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
         xw = residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        mh, qh = phase_quantize(k, self.move_tfch, self.tfc_h, self.pair_mean, xh, theta_h)
-        mw, qw = phase_quantize(k, self.move_tfcw, self.tfc_w, self.pair_mean, xw, theta_w)
-        h = norm_act(k, self.norm_h, self.act_h, self.tfc_h.convolve(qh), mh)
-        w = norm_act(k, self.norm_w, self.act_w, self.tfc_w.convolve(qw), mw)
+        mh, ah = phase_conv(k, self.move_tfch, self.tfc_h, self.pair_mean, xh, theta_h)
+        mw, aw = phase_conv(k, self.move_tfcw, self.tfc_w, self.pair_mean, xw, theta_w)
+        h = norm_act(k, self.norm_h, self.act_h, ah, mh)
+        w = norm_act(k, self.norm_w, self.act_w, aw, mw)
         c = residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
         a = ACCURATE_POOL(((h + w) + c) + u)
         a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
