@@ -203,21 +203,3 @@ def test_float_twin_and_other_platforms_do_not_fuse():
         create_model("BiMLP_T", binary=False, fused=True)
     assert create_model("BiMLP_T").fused  # the default: auto, on CPU with a compiler
     assert not create_model("BiMLP_T", fused=False).fused
-
-
-@pytest.mark.parametrize("broken", ["no compiler", "unwritable cache"])
-def test_without_a_library_the_network_runs_unfused(monkeypatch, tmp_path, broken):
-    monkeypatch.setattr(fused, "_library", {})
-    if broken == "no compiler":
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    else:
-        (tmp_path / "file").write_text("a file where the cache directory should be")
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert fused.library_path() is None
-    assert any("without its fused CPU kernels" in str(w.message) for w in caught)
-    assert not create_model("BiMLP_T", fused=None).fused
-    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
-        create_model("BiMLP_T", fused=True)
