@@ -1,5 +1,4 @@
 """The fused CPU kernels (src/fused_cpu.cc) give bit-identical results to the operators they replace."""
-import warnings
 
 import mindspore as ms
 import numpy as np
