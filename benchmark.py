@@ -7,6 +7,7 @@ machine's conditions; compare within a run, and look at the load in the header.
     python benchmark.py                       # everything (~1 hour on 2 cores)
     python benchmark.py --quick               # BiMLP_S at batch 1 and 8, BiMLP_T/T14 training, data
     python benchmark.py --only eval --model BiMLP_S --batches 1,8 --paths fast,upstream
+    python benchmark.py --only train --model BiMLP_S --train_paths fast,fused
     python scripts/plot_benchmark.py          # fig/benchmark.json -> fig/benchmark.png
 
 Paths: "upstream" is the straightforward computation (fast=False: broadcasting
@@ -14,7 +15,9 @@ Add/Mul, comparison-based quantizer, strided-slice shortcuts), "fast" the faster
 MindSpore operators alone (fast=True, fused=False), "fused" the default network
 (fast=True plus the fused CPU kernels of src/fused_cpu.cc and cached binarized weights,
 eval only; logits bit-identical), "fused_1thread" the same with the kernels on one
-thread (BIMLP_KERNEL_THREADS=1, as they ran before they were threaded), "xnor" the
+thread (BIMLP_KERNEL_THREADS=1), "fused_nocache_1thread" the fused path as it was
+before the kernel threads and the weight cache (one thread, binarized weights computed
+in the graph at every call; the eval table's ratios are against it), "xnor" the
 opt-in xnor engine (binary 1x1 layers on packed bits, src/xnor_cpu.cc; eval only),
 "float" the float twin (binary=False, fast=True). In training "fused" runs the kernels of
 src/fused_train.cc and "float_fused" the float twin with them; train speeds are compared with
@@ -24,7 +27,10 @@ with ONEDNN_MAX_CPU_ISA=AVX2 unless the environment sets it (see src/context.py)
 Thread settings, not run unless named in --paths (docs/performance_eval.md):
 "fused_runtime1" / "xnor_runtime1" with MindSpore's operator threads set to one
 (runtime_num_threads=1; the kernels still use every core), "fused_affinity" with
-mindspore.runtime.set_cpu_affinity(True).
+mindspore.runtime.set_cpu_affinity(True). In training, --train_paths takes
+"fused_1thread", "fused_runtime1" and "fused_affinity" (the training kernels' threads).
+
+    python benchmark.py --only train --model BiMLP_T14 --train_paths fast,fused,fused_1thread,fused_runtime1
 """
 import argparse
 import datetime
@@ -44,14 +50,18 @@ RESULT_TAG = "BENCH_RESULT "
 PATHS = {
     "upstream": {"binary": True, "fast": False, "fused": False},
     "fast": {"binary": True, "fast": True, "fused": False},
-    "fused_1thread": {"binary": True, "fast": True, "fused": True},
+    "fused_nocache_1thread": {"binary": True, "fast": True, "fused": True},
+    "fused_1thread": {"binary": True, "fast": True, "fused": True, "fused_training": True},
     "fused": {"binary": True, "fast": True, "fused": True, "fused_training": True},
     "xnor": {"binary": True, "fast": True, "engine": "xnor"},
     "float": {"binary": False, "fast": True},
     "float_fused": {"binary": False, "fast": True, "fused_training": True},
 }
 TRAIN_PATHS = ("upstream", "fast", "fused", "float", "float_fused")
-PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
+# Also measurable in training (--train_paths): the kernels' thread settings.
+TRAIN_THREAD_PATHS = ("fused_1thread", "fused_runtime1", "fused_affinity")
+PATH_ENVIRONMENT = {"fused_1thread": {"BIMLP_KERNEL_THREADS": "1"},
+                    "fused_nocache_1thread": {"BIMLP_KERNEL_THREADS": "1"}}
 THREAD_SETTINGS = {
     "fused_runtime1": ("fused", {"runtime_num_threads": 1}),
     "xnor_runtime1": ("xnor", {"runtime_num_threads": 1}),
@@ -65,7 +75,7 @@ GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2,
                 # The fused kernels free their intermediates: ~0.015 GB per image at batch 16.
                 ("BiMLP_S", "fused"): 0.03, ("BiMLP_M", "fused"): 0.06}
-ESTIMATED_LIKE = {"fused_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
+ESTIMATED_LIKE = {"fused_1thread": "fused", "fused_nocache_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
                   "fused_affinity": "fused"}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
 # The variants each part measures unless --model names others: (eval, train).
@@ -81,6 +91,8 @@ def parse_args(argv=None):
     parser.add_argument("--batches", default=f"1,8,{EVAL_BATCH_DEFAULT}", help="eval batch sizes (default: 1,8,64)")
     parser.add_argument("--paths", default=",".join(path for path in PATHS if path != "float_fused"),
                         help=f"eval paths (default: all but float_fused; also: {','.join(THREAD_SETTINGS)})")
+    parser.add_argument("--train_paths", default=",".join(TRAIN_PATHS),
+                        help=f"train paths (default: {','.join(TRAIN_PATHS)}; also: {','.join(TRAIN_THREAD_PATHS)})")
     parser.add_argument("--train_batch_224", type=int, default=8, help="BiMLP_S/M train batch at 224 (default: 8)")
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
@@ -96,6 +108,10 @@ def parse_args(argv=None):
     unknown = [path for path in args.paths.split(",") if path not in PATHS and path not in THREAD_SETTINGS]
     if unknown:
         parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join([*PATHS, *THREAD_SETTINGS])}")
+    unknown = [path for path in args.train_paths.split(",") if path not in TRAIN_PATHS + TRAIN_THREAD_PATHS]
+    if unknown:
+        parser.error(f"unknown train path(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(TRAIN_PATHS + TRAIN_THREAD_PATHS)}")
     eval_models, train_models = DEFAULT_MODELS
     if args.quick:
         eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64
@@ -129,7 +145,7 @@ def configs(args):
     if "train" in parts:
         for model in args.train_models:
             small = is_small(model)
-            for path in TRAIN_PATHS:
+            for path in args.train_paths.split(","):
                 out.append({"kind": "train", "model": model, "batch": 128 if small else args.train_batch_224,
                             "size": 28 if small else 224, "path": path})
     if "data" in parts:
@@ -184,7 +200,17 @@ def build(cfg):
     from src.wavemlp_20_3 import create_model
 
     path = THREAD_SETTINGS[cfg["path"]][0] if cfg["path"] in THREAD_SETTINGS else cfg["path"]
-    return create_model(cfg["model"], **PATHS[path])
+    net = create_model(cfg["model"], **PATHS[path])
+    if path == "fused_nocache_1thread":
+        without_weight_cache(net)
+    return net
+
+
+def without_weight_cache(net):
+    """The fused path as it was before src/weight_cache.py: wb computed in the graph at every call."""
+    for layer in net.binarized_weights.layers:
+        object.__setattr__(layer, "binarized_weight", None)
+    net.binarized_weights = None
 
 
 def apply_thread_settings(path):
@@ -338,14 +364,14 @@ def markdown(meta, rows):
             continue
         lines += [f"**{title}**", "",
                   f"| model | input | batch | path | img/s | x {'upstream' if kind == 'eval' else 'MindSpore ops'} "
-                  "| x fused_1thread | CPU s/step | peak RSS GB | GB/img | compile s | load |",
+                  "| x fused_nocache_1thread | CPU s/step | peak RSS GB | GB/img | compile s | load |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             ok = "img_s" in r
             lines.append(
                 f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['path']} | "
                 + (f"{r['img_s']:.2f} | {fmt(speedup(r, rows), '.2f')} | "
-                   f"{fmt(speedup(r, rows, 'fused_1thread'), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
+                   f"{fmt(speedup(r, rows, 'fused_nocache_1thread'), '.2f')} | {fmt(r.get('cpu_s'), '.3f')} | "
                    f"{r['peak_rss_gb']:.2f} | "
                    f"{r['peak_rss_gb'] / r['batch']:.3f} | {r['compile_s']:.0f} | {r['load_end']:.1f} |" if ok
                    else f"{r['error']} | | | | | | | |"))

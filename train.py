@@ -112,7 +112,7 @@ def train_data(config, epoch, rank, world, classes):
     dataset = create_dataset(config["dataset"], split_path(config, "train"), "train", config["batch_size"],
                              config["image_size"], num_shards=world if world > 1 else None,
                              shard_id=rank if world > 1 else None, num_workers=config["num_workers"],
-                             classes=classes)
+                             classes=classes, augment=config["augment"])
     if config["steps_per_epoch"]:
         dataset = dataset.take(int(config["steps_per_epoch"]))
     return dataset

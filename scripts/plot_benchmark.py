@@ -16,9 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from src.files import save_figure  # noqa: E402  (after the path set-up)
 
-COLORS = {"upstream": "#bbbbbb", "fast": "#9ecae1", "fused_1thread": "#6baed6", "fused": "#1f77b4",
+COLORS = {"upstream": "#bbbbbb", "fast": "#9ecae1", "fused_nocache_1thread": "#c6dbef", "fused_1thread": "#6baed6",
+          "fused": "#1f77b4",
           "xnor": "#2ca02c", "float": "#ff7f0e"}
 LABELS = {"upstream": "upstream-style (fast=False)", "fast": "fast=True, fused=False",
+          "fused_nocache_1thread": "fused kernels on one thread, weights binarized per call",
           "fused_1thread": "fused kernels on one thread", "fused": "fast + fused kernels (eval.py default, exact)",
           "xnor": "xnor engine (--engine xnor)", "float": "float twin"}
 

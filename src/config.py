@@ -26,6 +26,7 @@ DEFAULTS = {
     "batch_size": 128,            # per device
     "num_workers": 2,
     "steps_per_epoch": 0,         # 0: the whole training set; N: only N batches (quick experiments)
+    "augment": True,              # random crops and flips of the training images (false: as evaluated)
     # schedule and optimizer
     "epochs": 100,
     "lr": 1.0e-3,                 # peak learning rate for batch_size * devices images per step

@@ -65,7 +65,7 @@ HIGH_DEPTH_RANGE = {"I": (0, 65535), "F": (0.0, 1.0)}
 
 
 def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
-                   num_shards=None, shard_id=None, num_workers=None, classes=None, classes_from=None):
+                   num_shards=None, shard_id=None, num_workers=None, classes=None, classes_from=None, augment=True):
     """A batched dataset of (image float32 CHW, label int32).
 
     name: imagenet (class folders named by ImageNet-1k synset, any subset of the 1000,
@@ -75,7 +75,7 @@ def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
     training set (classes_from names the source for messages): class folders are then
     labelled by their index there, and a folder not in it is an error.
     split: "val" (no shuffle, no augmentation, keeps the last partial batch) or
-    "train" (shuffled, augmented, drops the last partial batch).
+    "train" (shuffled, augmented unless augment is False, drops the last partial batch).
     num_shards/shard_id: read one shard for distributed training. MindSpore pads
     shards to equal size by repeating images, so evaluate unsharded.
     """
@@ -99,7 +99,7 @@ def create_dataset(name, path=None, split="val", batch_size=64, image_size=None,
                                        class_indexing=folder_labels(name, path, classes, classes_from),
                                        num_shards=num_shards, shard_id=shard_id,
                                        num_parallel_workers=workers)
-    dataset = source.map(image_transforms(name, split, image_size), input_columns="image",
+    dataset = source.map(image_transforms(name, split, image_size, augment), input_columns="image",
                          num_parallel_workers=workers)
     dataset = dataset.map(transforms.TypeCast(ms.int32), input_columns="label")
     return dataset.batch(batch_size, drop_remainder=training)
@@ -117,25 +117,27 @@ def default_workers(name):
     return 1 if name == "fashion_mnist" else min(8, os.cpu_count() or 1)
 
 
-def image_transforms(name, split, image_size=None):
+def image_transforms(name, split, image_size=None, augment=True):
     """The per-image operations, from the source's image column to float32 CHW."""
     decode = [] if name == "fashion_mnist" else [decode_rgb]
-    return decode + pixel_transforms(name, split, image_size)
+    return decode + pixel_transforms(name, split, image_size, augment)
 
 
-def pixel_transforms(name, split, image_size=None):
-    """From decoded HWC uint8 pixels (RGB, or 1-channel for fashion_mnist) to float32 CHW."""
+def pixel_transforms(name, split, image_size=None, augment=True):
+    """From decoded HWC uint8 pixels (RGB, or 1-channel for fashion_mnist) to float32 CHW; training
+    images get random crops and flips unless augment is False."""
     image_size = DEFAULT_IMAGE_SIZE[name] if image_size is None else image_size
+    augmented = split == "train" and augment
     if name == "fashion_mnist":
         # A same-size resize is an exact copy, so 28x28 Fashion-MNIST images pass unchanged.
         resize = vision.Resize((image_size, image_size), vision.Inter.LINEAR)
-        augment = [vision.RandomCrop(image_size, padding=2), vision.RandomHorizontalFlip()] if split == "train" else []
-        return [resize, *augment, vision.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD), vision.HWC2CHW()]
+        crop = [vision.RandomCrop(image_size, padding=2), vision.RandomHorizontalFlip()] if augmented else []
+        return [resize, *crop, vision.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD), vision.HWC2CHW()]
     if image_size <= SMALL_IMAGE_SIZE:
         crop = [vision.Resize(image_size, vision.Inter.LINEAR), vision.CenterCrop(image_size)]
-        if split == "train":
+        if augmented:
             crop += [vision.RandomCrop(image_size, padding=image_size // 8), vision.RandomHorizontalFlip()]
-    elif split == "train":
+    elif augmented:
         crop = [vision.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=vision.Inter.LINEAR),
                 vision.RandomHorizontalFlip()]
     else:

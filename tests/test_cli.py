@@ -54,6 +54,15 @@ def test_benchmark_model_selects_the_variants_of_every_part():
         benchmark.parse_args(["--model", "BiMLP_S,BiMLP_X"])
 
 
+def test_benchmark_train_paths_select_the_train_configurations(capsys):
+    configs = benchmark.configs(benchmark.parse_args(["--only", "train", "--model", "BiMLP_S",
+                                                      "--train_paths", "fast,fused"]))
+    assert [(c["path"], c["size"], c["batch"]) for c in configs] == [("fast", 224, 8), ("fused", 224, 8)]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--train_paths", "fast,xnor"])
+    assert "unknown train path(s) xnor" in capsys.readouterr().err
+
+
 def test_no_command_has_another_flag_for_the_variant():
     for path in command_sources():
         with open(path, encoding="utf-8") as f:

@@ -10,7 +10,7 @@ from data_images import noisy, solid, truncate, write_high_depth, write_idx, wri
 from src.context import UserError
 from src.dataset import (FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, class_names, count_images,
                          create_dataset, fashion_mnist_folder, num_classes_of, numpy_batches,
-                         preprocess_image_file, readable_class_names, resize_size)
+                         pixel_transforms, preprocess_image_file, readable_class_names, resize_size)
 
 ORANGE = (200, 100, 50)
 
@@ -115,6 +115,10 @@ def test_small_images_are_evaluated_whole_and_trained_on_shifted_flipped_copies(
     for copy in augmented:
         assert any(np.array_equal(pixels(copy), candidate) for candidate in candidates)
     assert len({pixels(copy).tobytes() for copy in augmented}) > 1
+    (plain, _), = batches(create_dataset("imagefolder", str(tmp_path), "train", batch_size=6, image_size=32,
+                                         augment=False))
+    for copy in plain:
+        np.testing.assert_array_equal(pixels(copy), image)
 
 
 def test_preprocess_image_file_matches_the_pipeline(formats_tree):
@@ -260,6 +264,10 @@ def test_fashion_mnist_train_split():
     assert dataset.get_dataset_size() == 60000 // 256
     images, labels = next(numpy_batches(dataset))
     assert images.shape == (256, 1, 28, 28) and labels.min() >= 0 and labels.max() <= 9
+    kinds = [type(op).__name__ for op in pixel_transforms("fashion_mnist", "train", augment=False)]
+    assert kinds == [type(op).__name__ for op in pixel_transforms("fashion_mnist", "val")]
+    assert {"RandomCrop", "RandomHorizontalFlip"} <= {type(op).__name__ for op in pixel_transforms("fashion_mnist",
+                                                                                                 "train")}
 
 
 def test_fashion_mnist_gz_files_are_decompressed_once_into_the_cache(tmp_path, monkeypatch):

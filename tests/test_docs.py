@@ -101,3 +101,15 @@ def test_readme_python_example_prints_what_it_says(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(example, "README.md", "exec"), {})
     assert out.getvalue().strip() == claimed
+
+
+def test_the_training_kernels_table_names_the_helpers_of_src_fused():
+    from src import fused
+
+    text = read(os.path.join(ROOT, "docs", "performance.md"))
+    table = text.split("| helper | forward | replaces |", 1)[1].split("\n\n", 1)[0]
+    names = re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", table, re.M)
+    helpers = [name for pair in names for name in pair if name]
+    assert len(helpers) >= 6, table
+    missing = [name for name in helpers if not callable(getattr(fused, name, None))]
+    assert not missing, f"docs/performance.md names helpers src/fused.py does not have: {missing}"

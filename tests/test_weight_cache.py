@@ -93,3 +93,21 @@ def test_under_the_compile_cache_the_weights_are_computed_in_the_graph(monkeypat
     assert all(layer.binarized_weight is None for _, layer in net.cells_and_names() if isinstance(layer, QuanConv))
     with pytest.raises(ValueError, match="compile cache"):
         create_model("BiMLP_T", engine="xnor")
+
+
+def test_the_benchmark_path_without_the_cache_binarizes_in_the_graph():
+    """benchmark.py's fused_nocache_1thread: the fused path as it ran before the cache."""
+    import benchmark
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    uncached, plain = twins(5)
+    benchmark.without_weight_cache(uncached)
+    assert uncached.binarized_weights is None
+    assert all(layer.binarized_weight is None for _, layer in uncached.cells_and_names() if isinstance(layer, QuanConv))
+    x = data((2, 1, 28, 28), 6)
+    np.testing.assert_array_equal(uncached(x).asnumpy(), plain(x).asnumpy())
+    layer = next(layer for _, layer in uncached.cells_and_names() if isinstance(layer, QuanConv)
+                 and layer.xnor_weight and layer.in_channels != layer.group)
+    layer.weight.asnumpy()[0] *= -1.0  # no fingerprint, no refresh: the graph itself follows W
+    copy_weights(uncached, plain)
+    np.testing.assert_array_equal(uncached(x).asnumpy(), plain(x).asnumpy())
