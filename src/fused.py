@@ -148,6 +148,8 @@ class Kernels(nn.Cell):
     Per-channel parameters are passed as stored ((C,) or (1, C, 1, 1): the same memory).
     """
 
+    inference = True
+
     def __init__(self):
         super().__init__()
         self.move_binarize = _kernel("MoveBinarize")
@@ -205,6 +207,8 @@ class TrainKernels(nn.Cell):
     Each forward is an aot Custom operator whose `bprop` calls the matching *Grad operator,
     so MindSpore's autodiff runs two C++ passes where the unfused chain runs 10-40 operators.
     """
+
+    inference = False
 
     def __init__(self):
         super().__init__()
@@ -264,12 +268,20 @@ def _update_moving_statistics(bn, mean, var, count):
 
 
 # The chains below are what the network's cells compute around their convolutions. Each
-# takes `kernels` (a TrainKernels, or None for MindSpore's operators) and the cells whose
-# parameters it uses, so parameter names and checkpoints are the same either way.
+# takes `kernels`: None (MindSpore's operators), the TrainKernels of a network in training or the
+# inference Kernels of a network in eval mode, and the cells whose parameters it uses, so parameter
+# names and checkpoints are the same whichever runs.
+
+def inference(kernels):
+    """True for the inference Kernels (eval mode), False for TrainKernels or None."""
+    return kernels is not None and kernels.inference
+
 
 def norm_act(kernels, bn, act, a, shortcut=None):
     """act(bn(a) + shortcut): batch norm (training mode with kernels), optional shortcut, RPReLU."""
-    if kernels is None:
+    if inference(kernels) and shortcut is None:
+        return kernels.bn_act(a, *bn_act_params(bn, act))
+    if kernels is None or kernels.inference:
         z = bn(a)
         return act(z if shortcut is None else z + shortcut)
     params = (bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias)
@@ -281,29 +293,71 @@ def norm_act(kernels, bn, act, a, shortcut=None):
     return y
 
 
+def group_norm(kernels, norm, x):
+    """GroupNorm(1, C) of x; one kernel in eval mode."""
+    if inference(kernels):
+        return kernels.group_norm(x, norm.gamma, norm.beta)
+    return norm(x)
+
+
 def move_conv(kernels, move, conv, x):
     """(t, conv(t)) for t = move(x); conv quantizes its input (the kernel binarizes t itself)."""
-    if kernels is None or not conv.binary_input:
+    if kernels is None or kernels.inference or not conv.binary_input:
         t = move(x)
         return t, conv(t)
     t, q = kernels.move_binarize(x, move.bias)
     return t, conv.convolve(q)
 
 
+def binary_fc(kernels, move, conv, x):
+    """conv(move(x)), where the moved input itself is not needed (move_conv gives both)."""
+    if kernels is None or kernels.inference or not conv.binary_input:
+        return conv(move(x))
+    return conv.convolve(kernels.move_binarize(x, move.bias)[1])
+
+
+def residual_fc(kernels, move, conv, bn, act, x):
+    """act(bn(conv(t)) + t) for t = move(x): a binary layer with its shortcut."""
+    if inference(kernels):
+        params = bn_act_params(bn, act)
+        if conv.group > 1:  # the 1x7/7x1 depthwise layers: the whole branch is one kernel
+            return kernels.line_branch(x, move.bias, conv.fused_weight(kernels), *params)
+        return kernels.bn_act_moved(conv.conv_binarized(x, move.bias, kernels), x, move.bias, *params)
+    t, a = move_conv(kernels, move, conv, x)
+    return norm_act(kernels, bn, act, a, t)
+
+
 def phase_conv(kernels, move, conv, pair_mean, x, theta):
     """(pair_mean(p), conv(p)) for p = move(concat(x cos(theta), x sin(theta))); conv quantizes p."""
-    if kernels is None or not conv.binary_input:
+    if kernels is None or kernels.inference or not conv.binary_input:
         p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
         return pair_mean(p), conv(p)
     q, m, _, _ = kernels.phase_move(x, theta, move.bias)
     return m, conv.convolve(q)
 
 
+def phase_branch(kernels, move, conv, pair_mean, bn, act, x, theta):
+    """act(bn(conv(p)) + pair_mean(p)) for PATM's phase input p (phase_conv)."""
+    if inference(kernels):
+        return kernels.phase_branch(x, theta, move.bias, conv.fused_weight(kernels), *bn_act_params(bn, act))
+    m, a = phase_conv(kernels, move, conv, pair_mean, x, theta)
+    return norm_act(kernels, bn, act, a, m)
+
+
 def pool4(kernels, pools, x):
     """The mean of the four max-pools, summed in order."""
     if kernels is None:
         return (((pools[0](x) + pools[1](x)) + pools[2](x)) + pools[3](x)) / 4.0
+    if kernels.inference:
+        return kernels.pool4(x)
     return kernels.pool4(x)[0]
+
+
+def sum4(kernels, h, w, c, u):
+    """((h + w) + c) + u."""
+    if inference(kernels):
+        return kernels.sum4(h, w, c, u)
+    return ((h + w) + c) + u
 
 
 def channel_scale(x, scale):
@@ -327,8 +381,9 @@ def mix3(kernels, fast, h, w, c, u, weights):
 
 
 def wave_mix(kernels, x, a, b, c, weight, drop_path):
-    """x + drop_path((w0 b + w1 c) + (1 - w0 - w1) a), the kernel when no path is dropped."""
-    if kernels is not None and drop_path.keep == 1.0:
+    """x + drop_path((w0 b + w1 c) + (1 - w0 - w1) a), a kernel when no path is dropped (eval mode
+    drops none)."""
+    if kernels is not None and (kernels.inference or drop_path.keep == 1.0):
         return kernels.wave_mix(x, a, b, c, weight)
     w0, w1 = weight[0], weight[1]
     return x + drop_path((w0 * b + w1 * c) + (1 - w0 - w1) * a)

@@ -1,6 +1,7 @@
 // Shared by the inference (fused_cpu.cc) and training (fused_train.cc) kernels.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -9,6 +10,19 @@
 extern "C" void BimlpCountCall(int kind);
 
 namespace {
+
+// Downsample's stride-2 max-pools, kernels 2, 3, 5 and 7, with MindSpore's "same" padding: an
+// output of ceil(n / 2), the padding split with its extra row or column at the bottom or right.
+const int kPoolKernels[4] = {2, 3, 5, 7};
+
+// The input range [begin(i), end(i)) of output i's window along one axis of length n.
+struct PoolWindows {
+  int64_t n, kernel, pad;
+  PoolWindows(int64_t n, int64_t kernel)
+      : n(n), kernel(kernel), pad(std::max<int64_t>(((n + 1) / 2 - 1) * 2 + kernel - n, 0) / 2) {}
+  int64_t begin(int64_t i) const { return std::max<int64_t>(i * 2 - pad, 0); }
+  int64_t end(int64_t i) const { return std::min<int64_t>(i * 2 - pad + kernel, n); }
+};
 
 // sin and cos of float32 angles, equal to MindSpore's Sin/Cos: glibc's double-precision
 // functions rounded to float32. A vectorizable double-precision approximation (fdlibm's

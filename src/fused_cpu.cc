@@ -206,33 +206,29 @@ int WaveMix(int, void **params, int *, int64_t **shapes, const char **, void *, 
   return 0;
 }
 
-// Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for stride-2 max-pools of kernel 2, 3, 5
-// and 7 with MindSpore's "same" padding (output ceil(H / 2); the extra padded row and column
-// at the bottom and right). A max does not depend on order, so this is exact.
+// Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for the stride-2 max-pools of
+// fused_common.h. A max does not depend on order, so this is exact.
 int Pool4(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
   const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2;
-  const int kernels[4] = {2, 3, 5, 7};
   parallel_for(n * c, h * w, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(h * ow), pooled(oh * ow);
     for (int64_t plane = begin; plane < end; ++plane) {
       const float *in = x + plane * h * w;
       float *out = y + plane * oh * ow;
       for (int j = 0; j < 4; ++j) {
-        const int64_t k = kernels[j];
-        const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
-        const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+        const PoolWindows down(h, kPoolKernels[j]), across(w, kPoolKernels[j]);
         for (int64_t r = 0; r < h; ++r)
           for (int64_t col = 0; col < ow; ++col) {
-            const int64_t from = std::max<int64_t>(col * 2 - left, 0), to = std::min<int64_t>(col * 2 - left + k, w);
+            const int64_t from = across.begin(col), to = across.end(col);
             float m = in[r * w + from];
             for (int64_t i = from + 1; i < to; ++i) m = std::max(m, in[r * w + i]);
             rows[r * ow + col] = m;
           }
         for (int64_t r = 0; r < oh; ++r) {
-          const int64_t from = std::max<int64_t>(r * 2 - top, 0), to = std::min<int64_t>(r * 2 - top + k, h);
+          const int64_t from = down.begin(r), to = down.end(r);
           float *dst = pooled.data() + r * ow;
           for (int64_t col = 0; col < ow; ++col) dst[col] = rows[from * ow + col];
           for (int64_t i = from + 1; i < to; ++i)

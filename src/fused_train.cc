@@ -197,11 +197,6 @@ int bn_act_backward(void **params, int64_t **shapes) {
   return 0;
 }
 
-// Downsample's pooling, (((p2 + p3) + p5) + p7) / 4 of stride-2 max-pools with kernels 2,
-// 3, 5, 7 and "same" padding (output ceil(H / 2)). Each window's first maximum in row-major
-// order is recorded, so the backward routes dy / 4 to it.
-const int kPoolKernels[4] = {2, 3, 5, 7};
-
 // Grouped 1xK / Kx1 convolutions with one output channel per group, zero padding (K - 1) / 2 on
 // both sides, stride 1. A plane is laid out with its padding in a buffer so that tap t is one
 // contiguous shift by t * step for the whole plane (step 1 along rows, whose padded width is
@@ -532,8 +527,10 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   return 0;
 }
 
-// Forward of Downsample's pooling; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output
-// and pool, the flat index in the input plane of the maximum (int32, shape (N, C, 4, OH*OW)).
+// Forward of Downsample's pooling, (((p2 + p3) + p5) + p7) / 4 of the max-pools of
+// fused_common.h; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output and pool, the flat
+// index in the input plane of the window's first maximum in row-major order (int32, shape
+// (N, C, 4, OH*OW)), where the backward routes dy / 4.
 int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0);
@@ -550,12 +547,10 @@ int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void 
     std::vector<float> row_max(h * ow), best(ow);
     std::vector<int32_t> row_arg(h * ow), arg(ow);
     for (int j = 0; j < 4; ++j) {
-      const int64_t k = kPoolKernels[j];
-      const int64_t top = std::max<int64_t>((oh - 1) * 2 + k - h, 0) / 2;
-      const int64_t left = std::max<int64_t>((ow - 1) * 2 + k - w, 0) / 2;
+      const PoolWindows down(h, kPoolKernels[j]), across(w, kPoolKernels[j]);
       for (int64_t r = 0; r < h; ++r)
         for (int64_t col = 0; col < ow; ++col) {
-          const int64_t c0 = std::max<int64_t>(col * 2 - left, 0), c1 = std::min<int64_t>(col * 2 - left + k, w);
+          const int64_t c0 = across.begin(col), c1 = across.end(col);
           const float *line = in + r * w;
           float m = line[c0];
           int64_t at = c0;
@@ -568,7 +563,7 @@ int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void 
           row_arg[r * ow + col] = static_cast<int32_t>(r * w + at);
         }
       for (int64_t r = 0; r < oh; ++r) {
-        const int64_t r0 = std::max<int64_t>(r * 2 - top, 0), r1 = std::min<int64_t>(r * 2 - top + k, h);
+        const int64_t r0 = down.begin(r), r1 = down.end(r);
         std::copy(row_max.begin() + r0 * ow, row_max.begin() + (r0 + 1) * ow, best.begin());
         std::copy(row_arg.begin() + r0 * ow, row_arg.begin() + (r0 + 1) * ow, arg.begin());
         for (int64_t i = r0 + 1; i < r1; ++i)

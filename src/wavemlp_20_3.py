@@ -15,7 +15,8 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
-from src.fused import channel_scale, mix3, move_conv, norm_act, phase_conv, pool4, wave_mix
+from src.fused import (binary_fc, channel_scale, mix3, norm_act, phase_branch, pool4, residual_fc, sum4,
+                       wave_mix)
 from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.drop_path import DropPath
@@ -171,31 +172,19 @@ class Mlp(nn.Cell):
             return self.construct_fused(x)
         k = self.train_kernels if self.training else None
         s1 = norm_act(k, self.norm0, self.act1, self.shortcut1(x))
-        _, a = move_conv(k, self.move1, self.fc1, x)
-        h = norm_act(k, self.norm1, self.act2, a, s1)
+        h = norm_act(k, self.norm1, self.act2, binary_fc(k, self.move1, self.fc1, x), s1)
         s2 = self.shortcut2(h)
-        _, a = move_conv(k, self.move2, self.fc2, h)
-        return norm_act(k, self.norm2, self.act3, a, s2)
+        return norm_act(k, self.norm2, self.act3, binary_fc(k, self.move2, self.fc2, h), s2)
 
     def construct_fused(self, x):
+        """The forward above in three kernels around the two FCs: the inference kernels also
+        binarize fc2's input where they compute it, which the training kernels do not yet do."""
         k = self.kernels
         a = self.fc1.conv_binarized(x, self.move1.bias, k)
         h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),
                                          *fused_kernels.bn_act_params(self.norm1, self.act2), self.move2.bias)
         return k.bn_act_group_mean(self.fc2.conv_quantized(h_q, k), h,
                                    *fused_kernels.bn_act_params(self.norm2, self.act3))
-
-
-def residual_fc(kernels, move, conv, bn, act, x):
-    """act(bn(conv(t)) + t) for t = move(x)."""
-    t, a = move_conv(kernels, move, conv, x)
-    return norm_act(kernels, bn, act, a, t)
-
-
-def fused_residual_fc(kernels, move, conv, bn, act, x):
-    """residual_fc in two fused kernels around the convolution."""
-    a = conv.conv_binarized(x, move.bias, kernels)
-    return kernels.bn_act_moved(a, x, move.bias, *fused_kernels.bn_act_params(bn, act))
 
 
 class PATM(nn.Cell):
@@ -243,38 +232,18 @@ class PATM(nn.Cell):
         self.fusable = True
 
     def construct(self, u):
-        if self.kernels is not None and not self.training:
-            return self.construct_fused(u)
-        k = self.train_kernels if self.training else None
-        batch = u.shape[0]
+        k = self.train_kernels if self.training else self.kernels
         theta_h = residual_fc(k, self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
         theta_w = residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
         xh = residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
         xw = residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        mh, ah = phase_conv(k, self.move_tfch, self.tfc_h, self.pair_mean, xh, theta_h)
-        mw, aw = phase_conv(k, self.move_tfcw, self.tfc_w, self.pair_mean, xw, theta_w)
-        h = norm_act(k, self.norm_h, self.act_h, ah, mh)
-        w = norm_act(k, self.norm_w, self.act_w, aw, mw)
+        h = phase_branch(k, self.move_tfch, self.tfc_h, self.pair_mean, self.norm_h, self.act_h, xh, theta_h)
+        w = phase_branch(k, self.move_tfcw, self.tfc_w, self.pair_mean, self.norm_w, self.act_w, xw, theta_w)
         c = residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
-        a = ACCURATE_POOL(((h + w) + c) + u)
-        a = self.reweight(a).reshape(batch, self.dim, 3).transpose(2, 0, 1)
+        a = self.reweight(ACCURATE_POOL(sum4(k, h, w, c, u)))
+        a = a.reshape(u.shape[0], self.dim, 3).transpose(2, 0, 1)
         x = mix3(k, self.fast, h, w, c, u, ops.softmax(a, axis=0))
         return residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
-
-    def construct_fused(self, u):
-        k, batch = self.kernels, u.shape[0]
-        theta_h = fused_residual_fc(k, self.move_thetah, self.theta_h_conv, self.theta_h_bn, self.theta_h_act, u)
-        theta_w = fused_residual_fc(k, self.move_thetaw, self.theta_w_conv, self.theta_w_bn, self.theta_w_act, u)
-        xh = fused_residual_fc(k, self.move_fch, self.fc_h, self.fc_h_bn, self.fc_h_act, u)
-        xw = fused_residual_fc(k, self.move_fcw, self.fc_w, self.fc_w_bn, self.fc_w_act, u)
-        h = k.phase_branch(xh, theta_h, self.move_tfch.bias, self.tfc_h.fused_weight(k),
-                           *fused_kernels.bn_act_params(self.norm_h, self.act_h))
-        w = k.phase_branch(xw, theta_w, self.move_tfcw.bias, self.tfc_w.fused_weight(k),
-                           *fused_kernels.bn_act_params(self.norm_w, self.act_w))
-        c = fused_residual_fc(k, self.move_fcc, self.fc_c, self.norm_c, self.act_c, u)
-        a = self.reweight(ACCURATE_POOL(k.sum4(h, w, c, u))).reshape(batch, self.dim, 3).transpose(2, 0, 1)
-        x = k.mix3(h, w, c, u, ops.softmax(a, axis=0))
-        return fused_residual_fc(k, self.move_proj, self.proj, self.norm_proj, self.act_proj, x)
 
 
 class WaveBlock(nn.Cell):
@@ -302,31 +271,16 @@ class WaveBlock(nn.Cell):
         self.group_norm = isinstance(self.norm1, nn.GroupNorm)  # GroupNorm(1, C) of NORM_LAYERS
 
     def construct(self, x):
-        if self.kernels is not None and not self.training:
-            return self.construct_fused(x)
-        k = self.train_kernels if self.training else None
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        m = self.norm2(x)
+        k = self.train_kernels if self.training else self.kernels
+        x = x + self.drop_path(self.attn(self.token_norm(k, self.norm1, x)))
+        m = self.token_norm(k, self.norm2, x)
         a = self.mlp(m)
         b = residual_fc(k, self.move_h, self.sfc_h, self.norm_h, self.act1, m)
         c = residual_fc(k, self.move_w, self.sfc_w, self.norm_w, self.act2, m)
         return wave_mix(k, x, a, b, c, self.weight, self.drop_path)
 
-    def construct_fused(self, x):
-        k = self.kernels
-        x = x + self.attn(self.fused_norm(self.norm1, x))
-        m = self.fused_norm(self.norm2, x)
-        a = self.mlp(m)
-        b = k.line_branch(m, self.move_h.bias, self.sfc_h.fused_weight(k),
-                          *fused_kernels.bn_act_params(self.norm_h, self.act1))
-        c = k.line_branch(m, self.move_w.bias, self.sfc_w.fused_weight(k),
-                          *fused_kernels.bn_act_params(self.norm_w, self.act2))
-        return k.wave_mix(x, a, b, c, self.weight)
-
-    def fused_norm(self, norm, x):
-        if self.group_norm:
-            return self.kernels.group_norm(x, norm.gamma, norm.beta)
-        return norm(x)
+    def token_norm(self, kernels, norm, x):
+        return fused_kernels.group_norm(kernels, norm, x) if self.group_norm else norm(x)
 
 
 class PatchEmbed(nn.Cell):
@@ -343,17 +297,15 @@ class PatchEmbed(nn.Cell):
         self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
-        if self.kernels is not None and not self.training:
-            return fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
-        k = self.train_kernels if self.training and self.batch_norm else None
-        return norm_act(k, self.norm, self.act, self.proj(x))
+        k = self.train_kernels if self.training else self.kernels
+        return stem_norm_act(k, self.batch_norm, self.norm, self.act, self.proj(x))
 
 
-def fused_norm_act(kernels, batch_norm, norm, act, x):
-    """act(norm(x)) with the fused kernels: one pass for batch norm, GroupNorm1 then act otherwise."""
+def stem_norm_act(kernels, batch_norm, norm, act, x):
+    """act(norm(x)) of the float layers (stem, downsampling), for batch norm or GroupNorm(1, C)."""
     if batch_norm:
-        return kernels.bn_act(x, *fused_kernels.bn_act_params(norm, act))
-    return act(kernels.group_norm(x, norm.gamma, norm.beta))
+        return norm_act(kernels, norm, act, x)
+    return act(fused_kernels.group_norm(kernels, norm, x))
 
 
 class Downsample(nn.Cell):
@@ -373,11 +325,8 @@ class Downsample(nn.Cell):
         self.batch_norm = isinstance(self.norm, nn.BatchNorm2d)
 
     def construct(self, x):
-        if self.kernels is not None and not self.training:
-            x = fused_norm_act(self.kernels, self.batch_norm, self.norm, self.act, self.proj(x))
-            return self.kernels.pool4(x)
-        k = self.train_kernels if self.training else None
-        x = norm_act(k if self.batch_norm else None, self.norm, self.act, self.proj(x))
+        k = self.train_kernels if self.training else self.kernels
+        x = stem_norm_act(k, self.batch_norm, self.norm, self.act, self.proj(x))
         return pool4(k, (self.pool2, self.pool3, self.pool5, self.pool7), x)
 
 

@@ -107,7 +107,8 @@ def test_batch_norm_shortcut_and_rprelu(shortcut, shape):
     check_chain(fused.norm_act, lambda: bn_and_act(shape[1], 3), inputs, [shape])
 
 
-def test_move_and_binarize_at_the_thresholds():
+@pytest.mark.parametrize("chain, outputs", [(fused.move_conv, 2), (fused.binary_fc, 1)])
+def test_move_and_binarize_at_the_thresholds(chain, outputs):
     def cells():
         move = LearnableBias(6)
         bias = np.random.RandomState(5).standard_normal((1, 6, 1, 1)).astype(np.float32) * 0.3
@@ -118,7 +119,7 @@ def test_move_and_binarize_at_the_thresholds():
         return [move, conv]
 
     shape = (3, 6, 4, 5)
-    check_chain(fused.move_conv, cells, [data(shape, 4, thresholds=True)], [shape, shape], exact_outputs=(0,))
+    check_chain(chain, cells, [data(shape, 4, thresholds=True)], [shape] * outputs, exact_outputs=(0,))
 
 
 def test_phase_input_with_its_angle_gradient():
