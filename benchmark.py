@@ -75,8 +75,8 @@ GB_PER_IMAGE = {("BiMLP_S", "upstream"): 1.3, ("BiMLP_M", "upstream"): 2.2,
                 ("BiMLP_S", "fast"): 0.14, ("BiMLP_M", "fast"): 0.2,
                 # The fused kernels free their intermediates: ~0.015 GB per image at batch 16.
                 ("BiMLP_S", "fused"): 0.03, ("BiMLP_M", "fused"): 0.06}
-ESTIMATED_LIKE = {"fused_1thread": "fused", "fused_nocache_1thread": "fused", "xnor": "fused", "fused_runtime1": "fused", "xnor_runtime1": "fused",
-                  "fused_affinity": "fused"}
+ESTIMATED_LIKE = {path: "fused" for path in ("fused_1thread", "fused_nocache_1thread", "xnor", "fused_runtime1",
+                                             "xnor_runtime1", "fused_affinity")}
 EVAL_BATCH_DEFAULT = 64  # eval.py's default --batch_size
 # The variants each part measures unless --model names others: (eval, train).
 DEFAULT_MODELS = ("BiMLP_S,BiMLP_M", "BiMLP_T,BiMLP_T14,BiMLP_S")
