@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 // Counts kernel calls by kind (0: inference, 1: training), so tests can tell which path a
 // network ran: both give the same values, so equal outputs cannot tell.
@@ -15,13 +17,119 @@ namespace {
 // output of ceil(n / 2), the padding split with its extra row or column at the bottom or right.
 const int kPoolKernels[4] = {2, 3, 5, 7};
 
-// The input range [begin(i), end(i)) of output i's window along one axis of length n.
-struct PoolWindows {
-  int64_t n, kernel, pad;
-  PoolWindows(int64_t n, int64_t kernel)
-      : n(n), kernel(kernel), pad(std::max<int64_t>(((n + 1) / 2 - 1) * 2 + kernel - n, 0) / 2) {}
-  int64_t begin(int64_t i) const { return std::max<int64_t>(i * 2 - pad, 0); }
-  int64_t end(int64_t i) const { return std::min<int64_t>(i * 2 - pad + kernel, n); }
+// Where output i's window starts along an axis of length n: 2 i - pad.
+inline int64_t pool_pad(int64_t n, int64_t kernel) {
+  return std::max<int64_t>(((n + 1) / 2 - 1) * 2 + kernel - n, 0) / 2;
+}
+
+inline int64_t floor_half(int64_t d) { return (d - (d & 1)) / 2; }
+
+// Downsample's pooling of H x W planes: (((p2 + p3) + p5) + p7) / 4 of the four max-pools and,
+// when asked, per pool and output the flat index in the plane of its window's first maximum in
+// row-major order (where the gradient goes).
+//
+// A stride-2 window's taps along an axis alternate between the even and the odd positions, so
+// each plane is stored split by row and column parity, each part framed by two rows and columns
+// of -inf: every tap of every window is then the same shift of one part for all outputs of a
+// block of planes at once, one long branch-free loop that vectorizes, and the padding never wins
+// a strict comparison. The maxima are exact, so values equal the plain window loops'.
+class Pool4Planes {
+ public:
+  static constexpr int64_t kBlock = 16;  // planes per pass
+
+  Pool4Planes(int64_t h, int64_t w)
+      : h_(h), w_(w), oh_((h + 1) / 2), ow_((w + 1) / 2), cols_(ow_ + 4), frame_((oh_ + 4) * cols_),
+        parity_(kBlock * frame_), parts_(4 * parity_, -kInf), row_max_(2 * parity_, -kInf), best_(parity_),
+        row_tap_(2 * parity_), tap_(parity_) {}
+
+  // Pools planes [0, count) of in (count <= kBlock) into out; argmax may be null.
+  void run(const float *in, float *out, int32_t *argmax, int64_t count) {
+    if (argmax == nullptr) {
+      pool<false>(in, out, argmax, count);
+    } else {
+      pool<true>(in, out, argmax, count);
+    }
+  }
+
+ private:
+  template <bool kTaps>
+  void pool(const float *in, float *out, int32_t *argmax, int64_t count) {
+    for (int64_t plane = 0; plane < count; ++plane)
+      for (int64_t r = 0; r < h_; ++r) {
+        const float *line = in + (plane * h_ + r) * w_;
+        float *even = parts_.data() + at(plane, r, 0), *odd = even + 2 * parity_;
+        for (int64_t i = 0; i < w_ / 2; ++i) {
+          even[i] = line[2 * i];
+          odd[i] = line[2 * i + 1];
+        }
+        if (w_ & 1) even[w_ / 2] = line[w_ - 1];
+      }
+    const int64_t end = count * frame_ - 2 * cols_;  // past the last output row
+    for (int j = 0; j < 4; ++j) {
+      const int64_t kernel = kPoolKernels[j], pad_rows = pool_pad(h_, kernel), pad_cols = pool_pad(w_, kernel);
+      // Along the rows, for each row parity: row_max_ = the maximum over the taps of each window.
+      for (int64_t parity = 0; parity < 2; ++parity)
+        max_over_taps<kTaps>(kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(),
+                             row_tap_.data(), [&](int64_t t) {
+                               const int64_t d = t - pad_cols;
+                               return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);
+                             });
+      // Down the columns: the same over the rows of row_max_.
+      max_over_taps<kTaps>(kernel, 2 * cols_, end, best_.data(), tap_.data(), [&](int64_t t) {
+        const int64_t d = t - pad_rows;
+        return row_max_.data() + (d & 1) * parity_ + floor_half(d) * cols_;
+      });
+      for (int64_t plane = 0; plane < count; ++plane)
+        for (int64_t o = 0; o < oh_; ++o)
+          for (int64_t i = 0; i < ow_; ++i) {
+            const int64_t q = at(plane, 2 * o, i), y = (plane * oh_ + o) * ow_ + i;
+            out[y] = j == 0 ? best_[q] : out[y] + best_[q];
+            if (!kTaps) continue;
+            // A window that is all -inf keeps tap 0, which may be padding: its first position
+            // inside the plane is then the first maximum.
+            const int64_t row = std::max<int64_t>(2 * o + tap_[q] - pad_rows, 0);
+            const int64_t col = std::max<int64_t>(2 * i + row_tap_[at(plane, row, i)] - pad_cols, 0);
+            argmax[((plane * 4 + j) * oh_ + o) * ow_ + i] = static_cast<int32_t>(row * w_ + col);
+          }
+    }
+    for (int64_t i = 0; i < count * oh_ * ow_; ++i) out[i] = out[i] / 4.0f;
+  }
+
+  static constexpr float kInf = std::numeric_limits<float>::infinity();
+
+  // m[p] = the maximum of source(t)[p] over the taps t < kernel and tap[p] = the first t reaching
+  // it, for p in [begin, end). Strict comparisons keep the first maximum. Both are stored on every
+  // tap, with the tap chosen by a bit mask: a conditional store becomes a masked store skipped by a
+  // data-dependent branch, which mispredicts.
+  template <bool kTaps, typename Source>
+  static void max_over_taps(int64_t kernel, int64_t begin, int64_t end, float *m, int32_t *tap, Source source) {
+    std::fill(m + begin, m + end, -kInf);
+    if (kTaps) std::fill(tap + begin, tap + end, 0);
+    for (int64_t t = 0; t < kernel; ++t) {
+      const float *values = source(t);
+#pragma GCC ivdep
+      for (int64_t p = begin; p < end; ++p) {
+        const float value = values[p], current = m[p];
+        m[p] = std::max(current, value);
+        if (kTaps) {
+          const int32_t was = tap[p], larger = -static_cast<int32_t>(value > current);
+          tap[p] = was ^ ((was ^ static_cast<int32_t>(t)) & larger);
+        }
+      }
+    }
+  }
+
+  // Where row `row` (of the plane) and column `col` of a column-parity part lie: the row parity's
+  // half, then the plane's frame.
+  int64_t at(int64_t plane, int64_t row, int64_t col) const {
+    return (row & 1) * parity_ + plane * frame_ + ((row >> 1) + 2) * cols_ + col + 2;
+  }
+
+  int64_t h_, w_, oh_, ow_, cols_, frame_, parity_;
+  // parts_: [column parity][row parity][plane][frame]; row_max_, row_tap_: [row parity][plane][frame];
+  // best_, tap_: [plane][frame].
+  std::vector<float> parts_, row_max_, best_;
+  std::vector<int32_t> row_tap_, tap_;
 };
 
 // sin and cos of float32 angles, equal to MindSpore's Sin/Cos: glibc's double-precision

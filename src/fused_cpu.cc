@@ -206,42 +206,16 @@ int WaveMix(int, void **params, int *, int64_t **shapes, const char **, void *, 
   return 0;
 }
 
-// Downsample's pooling: (((p2 + p3) + p5) + p7) / 4 for the stride-2 max-pools of
-// fused_common.h. A max does not depend on order, so this is exact.
+// Downsample's pooling: Pool4Planes of fused_common.h (exact: a max does not depend on order).
 int Pool4(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-  const int64_t n = shapes[0][0], c = shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2;
-  parallel_for(n * c, h * w, [&](int64_t begin, int64_t end) {
-    std::vector<float> rows(h * ow), pooled(oh * ow);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const float *in = x + plane * h * w;
-      float *out = y + plane * oh * ow;
-      for (int j = 0; j < 4; ++j) {
-        const PoolWindows down(h, kPoolKernels[j]), across(w, kPoolKernels[j]);
-        for (int64_t r = 0; r < h; ++r)
-          for (int64_t col = 0; col < ow; ++col) {
-            const int64_t from = across.begin(col), to = across.end(col);
-            float m = in[r * w + from];
-            for (int64_t i = from + 1; i < to; ++i) m = std::max(m, in[r * w + i]);
-            rows[r * ow + col] = m;
-          }
-        for (int64_t r = 0; r < oh; ++r) {
-          const int64_t from = down.begin(r), to = down.end(r);
-          float *dst = pooled.data() + r * ow;
-          for (int64_t col = 0; col < ow; ++col) dst[col] = rows[from * ow + col];
-          for (int64_t i = from + 1; i < to; ++i)
-            for (int64_t col = 0; col < ow; ++col) dst[col] = std::max(dst[col], rows[i * ow + col]);
-        }
-        if (j == 0) {
-          std::copy(pooled.begin(), pooled.end(), out);
-        } else {
-          for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] + pooled[i];
-        }
-      }
-      for (int64_t i = 0; i < oh * ow; ++i) out[i] = out[i] / 4.0f;
-    }
+  const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
+  const int64_t size = ((h + 1) / 2) * ((w + 1) / 2);
+  parallel_for(planes, h * w, [&](int64_t begin, int64_t end) {
+    Pool4Planes pool(h, w);
+    for (int64_t plane = begin; plane < end; plane += Pool4Planes::kBlock)
+      pool.run(x + plane * h * w, y + plane * size, nullptr, std::min(Pool4Planes::kBlock, end - plane));
   });
   return 0;
 }

@@ -305,10 +305,15 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
 struct PhaseChannels {
   const float *x, *cosine, *sine, *bias;
   Dims d;
-  // p[n, j, i], computed as the forward computes it.
-  float at(int64_t n, int64_t j, int64_t i) const {
+  // Channel j of p in sample n as p = x * f + b: the rows of x and of its cos or sin factor.
+  struct Row {
+    const float *x, *f;
+    float b;
+    float at(int64_t i) const { return x[i] * f[i] + b; }
+  };
+  Row row(int64_t n, int64_t j) const {
     const int64_t source = d.at(n, j < d.c ? j : j - d.c);
-    return x[source + i] * (j < d.c ? cosine : sine)[source + i] + bias[j];
+    return {x + source, (j < d.c ? cosine : sine) + source, bias[j]};
   }
 };
 
@@ -328,8 +333,12 @@ int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, v
   parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t g) {
     for (int64_t n = 0; n < d.n; ++n) {
       float *q0 = q + (n * 2 * d.c + 2 * g) * d.hw, *q1 = q0 + d.hw, *mean = m + d.at(n, g);
+      const PhaseChannels::Row r0 = p.row(n, 2 * g), r1 = p.row(n, 2 * g + 1);
+      // Outputs never alias inputs; without the pragma GCC gives up on vectorizing a loop that
+      // reads and writes this many arrays rather than check all of their overlaps at run time.
+#pragma GCC ivdep
       for (int64_t i = 0; i < d.hw; ++i) {
-        const float p0 = p.at(n, 2 * g, i), p1 = p.at(n, 2 * g + 1, i);
+        const float p0 = r0.at(i), p1 = r1.at(i);
         q0[i] = binarize(p0);
         q1[i] = binarize(p1);
         mean[i] = (p0 + p1) / 2.0f;
@@ -354,11 +363,14 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
       const int64_t o = d.at(n, c);
       const float *dqc = dq + (n * 2 * d.c + c) * d.hw, *dqs = dq + (n * 2 * d.c + js) * d.hw;
       const float *dmc = dm + d.at(n, c / 2), *dms = dm + d.at(n, js / 2);
+      const PhaseChannels::Row rc = p.row(n, c), rs = p.row(n, js);
+      const float *xc = x + o, *cc = cosine + o, *sc = sine + o;
+      float *dxc = dx + o, *dthetac = dtheta + o;
       sums.add(d.hw, [&](int64_t i, float *v) {
-        const float gc = dmc[i] / 2.0f + dqc[i] * ste(p.at(n, c, i));
-        const float gs = dms[i] / 2.0f + dqs[i] * ste(p.at(n, js, i));
-        dx[o + i] = gc * cosine[o + i] + gs * sine[o + i];
-        dtheta[o + i] = x[o + i] * (gs * cosine[o + i] - gc * sine[o + i]);
+        const float gc = dmc[i] / 2.0f + dqc[i] * ste(rc.at(i));
+        const float gs = dms[i] / 2.0f + dqs[i] * ste(rs.at(i));
+        dxc[i] = gc * cc[i] + gs * sc[i];
+        dthetac[i] = xc[i] * (gs * cc[i] - gc * sc[i]);
         v[0] = gc;
         v[1] = gs;
       });
@@ -527,61 +539,20 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   return 0;
 }
 
-// Forward of Downsample's pooling, (((p2 + p3) + p5) + p7) / 4 of the max-pools of
-// fused_common.h; outputs y (N, C, ceil(H/2), ceil(W/2)) and, per output and pool, the flat
-// index in the input plane of the window's first maximum in row-major order (int32, shape
-// (N, C, 4, OH*OW)), where the backward routes dy / 4.
+// Forward of Downsample's pooling (Pool4Planes of fused_common.h); outputs y (N, C, ceil(H/2),
+// ceil(W/2)) and the argmax indices (int32, shape (N, C, 4, OH*OW)), where the backward routes dy / 4.
 int Pool4Train(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0);
   float *y = arg<float>(params, 1);
   int32_t *argmax = arg<int32_t>(params, 2);
   const int64_t planes = shapes[0][0] * shapes[0][1], h = shapes[0][2], w = shapes[0][3];
-  const int64_t oh = (h + 1) / 2, ow = (w + 1) / 2, size = oh * ow;
-  parallel_for(planes, 8 * h * w, [&](int64_t plane) {
-    const float *in = x + plane * h * w;
-    float *out = y + plane * size;
-    int32_t *index = argmax + plane * 4 * size;
-    // Separable: the maximum of each row segment (and its column), then of those down the rows,
-    // a whole output row at a time. Strict > keeps the first maximum in row-major order.
-    std::vector<float> row_max(h * ow), best(ow);
-    std::vector<int32_t> row_arg(h * ow), arg(ow);
-    for (int j = 0; j < 4; ++j) {
-      const PoolWindows down(h, kPoolKernels[j]), across(w, kPoolKernels[j]);
-      for (int64_t r = 0; r < h; ++r)
-        for (int64_t col = 0; col < ow; ++col) {
-          const int64_t c0 = across.begin(col), c1 = across.end(col);
-          const float *line = in + r * w;
-          float m = line[c0];
-          int64_t at = c0;
-          for (int64_t i = c0 + 1; i < c1; ++i) {
-            const bool larger = line[i] > m;
-            m = larger ? line[i] : m;
-            at = larger ? i : at;
-          }
-          row_max[r * ow + col] = m;
-          row_arg[r * ow + col] = static_cast<int32_t>(r * w + at);
-        }
-      for (int64_t r = 0; r < oh; ++r) {
-        const int64_t r0 = down.begin(r), r1 = down.end(r);
-        std::copy(row_max.begin() + r0 * ow, row_max.begin() + (r0 + 1) * ow, best.begin());
-        std::copy(row_arg.begin() + r0 * ow, row_arg.begin() + (r0 + 1) * ow, arg.begin());
-        for (int64_t i = r0 + 1; i < r1; ++i)
-          for (int64_t col = 0; col < ow; ++col) {
-            const bool larger = row_max[i * ow + col] > best[col];
-            best[col] = larger ? row_max[i * ow + col] : best[col];
-            arg[col] = larger ? row_arg[i * ow + col] : arg[col];
-          }
-        float *dst = out + r * ow;
-        std::copy(arg.begin(), arg.end(), index + j * size + r * ow);
-        if (j == 0) {
-          std::copy(best.begin(), best.end(), dst);
-        } else {
-          for (int64_t col = 0; col < ow; ++col) dst[col] = dst[col] + best[col];
-        }
-      }
-    }
-    for (int64_t i = 0; i < size; ++i) out[i] = out[i] / 4.0f;
+  const int64_t size = ((h + 1) / 2) * ((w + 1) / 2);
+  bimlp::parallel_for(planes, 8 * h * w, [&](int64_t begin, int64_t end) {
+    Pool4Planes pool(h, w);
+    for (int64_t plane = begin; plane < end; plane += Pool4Planes::kBlock)
+      pool.run(x + plane * h * w, y + plane * size, argmax + plane * 4 * size,
+               std::min(Pool4Planes::kBlock, end - plane));
   });
   return 0;
 }

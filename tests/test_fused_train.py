@@ -135,7 +135,9 @@ def test_phase_input_with_its_angle_gradient():
 
 
 @pytest.mark.parametrize("size", [(14, 14), (7, 7), (5, 6), (2, 2), (1, 1)])
-def test_downsampling_pools(size):
+@pytest.mark.parametrize("ties", [False, True])
+def test_downsampling_pools(size, ties):
+    """With ties (values rounded to integers) the gradient goes to each window's first maximum."""
     def cells():
         return [nn.MaxPool2d(kernel_size=k, stride=2, pad_mode="same") for k in (2, 3, 5, 7)]
 
@@ -144,7 +146,10 @@ def test_downsampling_pools(size):
         return fused.pool4(kernels, pools, x)
 
     out = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-    check_chain(chain, cells, [data((2, 3, *size), 9)], [(2, 3, *out)], exact_outputs=(0,))
+    x = data((2, 3, *size), 9)
+    if ties:
+        x = Tensor(np.round(x.asnumpy()))
+    check_chain(chain, cells, [x], [(2, 3, *out)], exact_outputs=(0,))
 
 
 @pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
