@@ -187,8 +187,19 @@ def _channels_of(*shapes):
     return (shapes[0][1],)
 
 
-def _bn_act_outputs(*shapes):
-    return shapes[0], _channels_of(*shapes), _channels_of(*shapes)
+def _bn_act_outputs(gamma):
+    """y, mean and variance of a batch-norm chain whose gamma is input `gamma`: the input's shape with
+    gamma's channels (a tiled input has fewer)."""
+    def shapes_of(*shapes):
+        n, _, h, w = shapes[0]
+        channels = shapes[gamma]
+        return (n, channels[0], h, w), channels, channels
+    return shapes_of
+
+
+def _bn_act_grads(inputs, gamma):
+    """The gradients of a batch-norm chain: of its first `inputs` inputs, then five per channel."""
+    return lambda *shapes: tuple(shapes[:inputs]) + (shapes[gamma],) * 5
 
 
 def _phase_outputs(*shapes):
@@ -212,8 +223,9 @@ class TrainKernels(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        bn_act_grad = _kernel("BnActTrainGrad", lambda *s: (s[0],) + (_channels_of(*s),) * 5, _floats(6))
-        bn_act_add_grad = _kernel("BnActAddTrainGrad", lambda *s: (s[0], s[0]) + (_channels_of(*s),) * 5, _floats(7))
+        bn_act_grad = _kernel("BnActTrainGrad", _bn_act_grads(1, 1), _floats(6))
+        bn_act_add_grad = _kernel("BnActAddTrainGrad", _bn_act_grads(2, 2), _floats(7))
+        bn_act_group_mean_grad = _kernel("BnActGroupMeanTrainGrad", _bn_act_grads(2, 2), _floats(7))
         move_grad = _kernel("MoveBinarizeTrainGrad", lambda *s: (s[0], _channels_of(*s)), _floats(2))
         phase_grad = _kernel("PhaseMoveTrainGrad", lambda *s: (s[0], s[0], (2 * s[0][1],)), _floats(3))
         pool4_grad = _kernel("Pool4TrainGrad", lambda *s: s[0], _same_dtype)
@@ -224,10 +236,11 @@ class TrainKernels(nn.Cell):
             da, dgamma, dbeta, db1, dw, db2 = bn_act_grad(a, gamma, beta, b1, w, b2, out[1], out[2], dout[0])
             return da, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
 
-        def bn_act_add_bprop(a, s, gamma, beta, b1, w, b2, out, dout):
-            da, ds, dgamma, dbeta, db1, dw, db2 = bn_act_add_grad(a, s, gamma, beta, b1, w, b2, out[1], out[2],
-                                                                  dout[0])
-            return da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
+        def shortcut_bprop(grad):
+            def bprop(a, s, gamma, beta, b1, w, b2, out, dout):
+                da, ds, dgamma, dbeta, db1, dw, db2 = grad(a, s, gamma, beta, b1, w, b2, out[1], out[2], dout[0])
+                return da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
+            return bprop
 
         def move_bprop(x, bias, out, dout):
             dx, dbias = move_grad(out[0], dout[0], dout[1])
@@ -247,8 +260,11 @@ class TrainKernels(nn.Cell):
             dh, dw, dc, da = mix3_grad(h, w, c, a, dout)
             return dh, dw, dc, dout, da
 
-        self.bn_act = _kernel_with_grad("BnActTrain", _bn_act_outputs, _floats(3), bn_act_bprop)
-        self.bn_act_add = _kernel_with_grad("BnActAddTrain", _bn_act_outputs, _floats(3), bn_act_add_bprop)
+        self.bn_act = _kernel_with_grad("BnActTrain", _bn_act_outputs(1), _floats(3), bn_act_bprop)
+        self.bn_act_add = _kernel_with_grad("BnActAddTrain", _bn_act_outputs(2), _floats(3),
+                                            shortcut_bprop(bn_act_add_grad))
+        self.bn_act_group_mean = _kernel_with_grad("BnActGroupMeanTrain", _bn_act_outputs(2), _floats(3),
+                                                   shortcut_bprop(bn_act_group_mean_grad))
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
         self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
@@ -284,13 +300,31 @@ def norm_act(kernels, bn, act, a, shortcut=None):
     if kernels is None or kernels.inference:
         z = bn(a)
         return act(z if shortcut is None else z + shortcut)
-    params = (bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias)
     if shortcut is None:
-        y, mean, var = kernels.bn_act(a, *params)
-    else:
-        y, mean, var = kernels.bn_act_add(a, shortcut, *params)
-    _update_moving_statistics(bn, mean, var, a.shape[0] * a.shape[2] * a.shape[3])
+        return _train_norm_act(kernels.bn_act, bn, act, a)
+    return _train_norm_act(kernels.bn_act_add, bn, act, a, shortcut)
+
+
+def _train_norm_act(kernel, bn, act, *inputs):
+    y, mean, var = kernel(*inputs, bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias)
+    _update_moving_statistics(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
     return y
+
+
+def norm_act_of_shortcut(kernels, bn, act, shortcut, x):
+    """act(bn(shortcut(x))) for a uni-shortcut; in training the kernel reads a tiling one's input
+    copies in place (the tiled tensor is never stored, its gradient summed in the kernel)."""
+    if kernels is None or kernels.inference or not shortcut.repeats:
+        return norm_act(kernels, bn, act, shortcut(x))
+    return _train_norm_act(kernels.bn_act, bn, act, x)
+
+
+def norm_act_plus_shortcut(kernels, bn, act, shortcut, a, x):
+    """act(bn(a) + shortcut(x)) for a uni-shortcut; in training the kernel averages an averaging
+    one's channel groups itself."""
+    if kernels is None or kernels.inference or shortcut.repeats:
+        return norm_act(kernels, bn, act, a, shortcut(x))
+    return _train_norm_act(kernels.bn_act_group_mean, bn, act, a, x)
 
 
 def group_norm(kernels, norm, x):

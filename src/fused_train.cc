@@ -109,90 +109,155 @@ void channel_moments(const float *a, const Dims &d, int64_t c, double *mean, dou
   *var = std::max(sums.total(1) / count - *mean * *mean, 0.0);
 }
 
-// Forward of act(bn(a) [+ s]); outputs y, the batch mean and the biased batch variance.
-template <bool shortcut>
+// What a batch-norm chain adds to bn(a) before its RPReLU (the uni-shortcuts of the network):
+// nothing, a tensor s of the output's shape, or the mean of groups of k consecutive channels of a
+// tensor h with k times the output's channels, summed in order as the network does.
+enum class Shortcut { kNone, kAdd, kGroupMean };
+
+template <Shortcut kShortcut>
+struct ShortcutRows {
+  const float *s;
+  int64_t group, hw, channels;  // group: k; channels: of s
+
+  // Sample n, output channel c: a row of hw values, read (or given a gradient) through the methods.
+  const float *row(int64_t n, int64_t c) const { return s + (n * channels + c * group) * hw; }
+  static float at(const float *row, int64_t group, int64_t hw, int64_t i) {
+    if (kShortcut == Shortcut::kAdd) return row[i];
+    float total = row[i];
+    for (int64_t g = 1; g < group; ++g) total = total + row[g * hw + i];
+    return total / static_cast<float>(group);
+  }
+};
+
+// The layout of a chain's tensors: a (N, A, H, W) and y (N, C, H, W), C = the batch norm's channels.
+// A < C: the input is a uni-shortcut that tiles a, output channel c reads input channel c mod A.
+struct ChainDims {
+  Dims in, out;
+  int64_t source(int64_t c) const { return c % in.c; }
+};
+
+template <Shortcut kShortcut>
+ChainDims chain_dims(int64_t **shapes) {
+  const int first = kShortcut == Shortcut::kNone ? 1 : 2;  // gamma's position
+  const Dims in = dims_of(shapes[0]);
+  return {in, {in.n, shapes[first][0], in.hw}};
+}
+
+template <Shortcut kShortcut>
+ShortcutRows<kShortcut> shortcut_rows(void **params, int64_t **shapes, const ChainDims &d) {
+  if (kShortcut == Shortcut::kNone) return {nullptr, 1, d.out.hw, d.out.c};
+  const int64_t channels = shapes[1][1];
+  return {arg<const float>(params, 1), channels / d.out.c, d.out.hw, channels};
+}
+
+// Forward of act(bn(a) [+ shortcut]); outputs y, the batch mean and the biased batch variance.
+template <Shortcut kShortcut>
 int bn_act_forward(void **params, int64_t **shapes) {
-  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
-  const int first = shortcut ? 2 : 1;
+  const float *a = arg<const float>(params, 0);
+  const int first = kShortcut == Shortcut::kNone ? 1 : 2;
   const RPReLUParams k = rprelu_params(params, first);
   float *y = arg<float>(params, first + 5), *mean_out = arg<float>(params, first + 6);
   float *var_out = arg<float>(params, first + 7);
-  const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
+  const ChainDims d = chain_dims<kShortcut>(shapes);
+  const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
+  parallel_for(d.out.c, 4 * d.out.n * d.out.hw, [&](int64_t c) {
     double mean, var;
-    channel_moments(a, d, c, &mean, &var);
+    channel_moments(a, d.in, d.source(c), &mean, &var);
     mean_out[c] = static_cast<float>(mean);
     var_out[c] = static_cast<float>(var);
     const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
     const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
-    for (int64_t n = 0; n < d.n; ++n) {
-      const int64_t o = d.at(n, c);
-      for (int64_t i = 0; i < d.hw; ++i) {
-        float u = (a[o + i] - m) * scale + beta;
-        if (shortcut) u = u + s[o + i];
+    for (int64_t n = 0; n < d.out.n; ++n) {
+      const float *in = a + d.in.at(n, d.source(c));
+      const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
+      float *out = y + d.out.at(n, c);
+      for (int64_t i = 0; i < d.out.hw; ++i) {
+        float u = (in[i] - m) * scale + beta;
+        if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
         u = u + b1;
-        y[o + i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+        out[i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
       }
     }
   });
   return 0;
 }
 
-// Backward of bn_act_forward: inputs a, [s,] gamma, beta, b1, w, b2, mean, var, dy;
-// outputs da, [ds,] dgamma, dbeta, db1, dw, db2.
-template <bool shortcut>
+// Backward of bn_act_forward: inputs a, [s or h,] gamma, beta, b1, w, b2, mean, var, dy;
+// outputs da, [ds or dh,] dgamma, dbeta, db1, dw, db2. A tiled input's gradient is the sum of its
+// copies' gradients, so the channels are split among threads by input channel.
+template <Shortcut kShortcut>
 int bn_act_backward(void **params, int64_t **shapes) {
-  const float *a = arg<const float>(params, 0), *s = shortcut ? arg<const float>(params, 1) : nullptr;
-  const int first = shortcut ? 2 : 1;
+  const float *a = arg<const float>(params, 0);
+  const bool has_shortcut = kShortcut != Shortcut::kNone;
+  const int first = has_shortcut ? 2 : 1;
   const RPReLUParams k = rprelu_params(params, first);
   const float *mean_in = arg<const float>(params, first + 5), *var_in = arg<const float>(params, first + 6);
   const float *dy = arg<const float>(params, first + 7);
   int out = first + 8;
-  float *da = arg<float>(params, out++), *ds = shortcut ? arg<float>(params, out++) : nullptr;
+  float *da = arg<float>(params, out++), *ds = has_shortcut ? arg<float>(params, out++) : nullptr;
   float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
   float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
-  const Dims d = dims_of(shapes[0]);
-  parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t c) {
-    const float m = mean_in[c], gamma = k.gamma[c];
-    const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
-    const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
-    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
-    // Pass 1: dz = dy * prelu'(u) into da (scratch), and the channel sums of dz, dz * xhat,
-    // dy and dy * min(u, 0).
-    LaneSums<4> sums;
-    for (int64_t n = 0; n < d.n; ++n) {
-      const int64_t o = d.at(n, c);
-      sums.add(d.hw, [&](int64_t i, float *v) {
-        const float xhat = (a[o + i] - m) * rstd;
-        float u = (a[o + i] - m) * scale + beta;
-        if (shortcut) u = u + s[o + i];
-        u = u + b1;
-        const float g = dy[o + i];
-        const float dz = u > 0.0f ? g : g * w;
-        da[o + i] = dz;
-        v[0] = dz;
-        v[1] = dz * xhat;
-        v[2] = g;
-        v[3] = g * std::min(u, 0.0f);
-      });
-    }
-    const double sum_dz = sums.total(0), sum_dz_xhat = sums.total(1), sum_dy = sums.total(2), sum_dw = sums.total(3);
-    const double count = static_cast<double>(d.n * d.hw);
-    const float mean_dz = static_cast<float>(sum_dz / count), mean_dz_xhat = static_cast<float>(sum_dz_xhat / count);
-    // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)).
-    for (int64_t n = 0; n < d.n; ++n) {
-      const int64_t o = d.at(n, c);
-      for (int64_t i = 0; i < d.hw; ++i) {
-        const float dz = da[o + i], xhat = (a[o + i] - m) * rstd;
-        if (shortcut) ds[o + i] = dz;
-        da[o + i] = scale * ((dz - mean_dz) - xhat * mean_dz_xhat);
+  const ChainDims d = chain_dims<kShortcut>(shapes);
+  const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
+  const int64_t copies = d.out.c / d.in.c;
+  parallel_for(d.in.c, 4 * copies * d.out.n * d.out.hw, [&](int64_t source) {
+    std::vector<float> dz_of(d.out.n * d.out.hw);
+    std::vector<double> copies_sum(copies > 1 ? d.out.n * d.out.hw : 0);
+    for (int64_t copy = 0; copy < copies; ++copy) {
+      const int64_t c = copy * d.in.c + source;
+      const float m = mean_in[c], gamma = k.gamma[c];
+      const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
+      const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
+      const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
+      // Pass 1: dz = dy * prelu'(u), and the channel sums of dz, dz * xhat, dy and dy * min(u, 0).
+      LaneSums<4> sums;
+      for (int64_t n = 0; n < d.out.n; ++n) {
+        const float *in = a + d.in.at(n, source), *g = dy + d.out.at(n, c);
+        const float *s = has_shortcut ? shortcut.row(n, c) : nullptr;
+        float *dz = dz_of.data() + n * d.out.hw;
+        sums.add(d.out.hw, [&](int64_t i, float *v) {
+          const float xhat = (in[i] - m) * rstd;
+          float u = (in[i] - m) * scale + beta;
+          if (has_shortcut) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
+          u = u + b1;
+          dz[i] = u > 0.0f ? g[i] : g[i] * w;
+          v[0] = dz[i];
+          v[1] = dz[i] * xhat;
+          v[2] = g[i];
+          v[3] = g[i] * std::min(u, 0.0f);
+        });
       }
+      const double sum_dz = sums.total(0), sum_dz_xhat = sums.total(1);
+      const double count = static_cast<double>(d.out.n * d.out.hw);
+      const float mean_dz = static_cast<float>(sum_dz / count), mean_dz_xhat = static_cast<float>(sum_dz_xhat / count);
+      // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)), summed over a tiled
+      // input's copies in double; the shortcut's gradient.
+      for (int64_t n = 0; n < d.out.n; ++n) {
+        const float *in = a + d.in.at(n, source), *dz = dz_of.data() + n * d.out.hw;
+        float *grad = da + d.in.at(n, source);
+        double *total = copies > 1 ? copies_sum.data() + n * d.out.hw : nullptr;
+        for (int64_t i = 0; i < d.out.hw; ++i) {
+          const float term = scale * ((dz[i] - mean_dz) - (in[i] - m) * rstd * mean_dz_xhat);
+          if (copies == 1) {
+            grad[i] = term;
+          } else {
+            total[i] = copy == 0 ? term : total[i] + term;
+            if (copy == copies - 1) grad[i] = static_cast<float>(total[i]);
+          }
+        }
+        if (kShortcut == Shortcut::kAdd) std::copy(dz, dz + d.out.hw, ds + d.out.at(n, c));
+        if (kShortcut == Shortcut::kGroupMean) {
+          float *dh = ds + (shortcut.row(n, c) - shortcut.s);
+          for (int64_t g = 0; g < shortcut.group; ++g)
+            for (int64_t i = 0; i < d.out.hw; ++i) dh[g * d.out.hw + i] = dz[i] / static_cast<float>(shortcut.group);
+        }
+      }
+      dgamma[c] = static_cast<float>(sum_dz_xhat);
+      dbeta[c] = static_cast<float>(sum_dz);
+      db1[c] = static_cast<float>(sum_dz);
+      dw[c] = static_cast<float>(sums.total(3));
+      db2[c] = static_cast<float>(sums.total(2));
     }
-    dgamma[c] = static_cast<float>(sum_dz_xhat);
-    dbeta[c] = static_cast<float>(sum_dz);
-    db1[c] = static_cast<float>(sum_dz);
-    dw[c] = static_cast<float>(sum_dw);
-    db2[c] = static_cast<float>(sum_dy);
   });
   return 0;
 }
@@ -243,22 +308,32 @@ void BimlpCountCall(int kind) { kernel_calls[kind].fetch_add(1, std::memory_orde
 
 int64_t BimlpKernelCalls(int kind) { return kernel_calls[kind].load(); }
 
+// BnActTrain also takes an input with fewer channels than its batch norm, tiled (a uni-shortcut).
 int BnActTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
-  return bn_act_forward<false>(params, shapes);
+  return bn_act_forward<Shortcut::kNone>(params, shapes);
 }
 
 int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
-  return bn_act_forward<true>(params, shapes);
+  return bn_act_forward<Shortcut::kAdd>(params, shapes);
+}
+
+int BnActGroupMeanTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  return bn_act_forward<Shortcut::kGroupMean>(params, shapes);
 }
 
 int BnActTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return bn_act_backward<false>(params, shapes);
+  return bn_act_backward<Shortcut::kNone>(params, shapes);
 }
 
 int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return bn_act_backward<true>(params, shapes);
+  return bn_act_backward<Shortcut::kAdd>(params, shapes);
+}
+
+int BnActGroupMeanTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<Shortcut::kGroupMean>(params, shapes);
 }
 
 // t = x + bias, q = rint(clip(t, -1, 1)): a LearnableBias and the 1-bit activation quantizer.

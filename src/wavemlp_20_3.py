@@ -15,8 +15,8 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
-from src.fused import (binary_fc, channel_scale, mix3, norm_act, phase_branch, pool4, residual_fc, sum4,
-                       wave_mix)
+from src.fused import (binary_fc, channel_scale, mix3, norm_act, norm_act_of_shortcut, norm_act_plus_shortcut,
+                       phase_branch, pool4, residual_fc, sum4, wave_mix)
 from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.drop_path import DropPath
@@ -171,10 +171,10 @@ class Mlp(nn.Cell):
         if self.kernels is not None and not self.training:
             return self.construct_fused(x)
         k = self.train_kernels if self.training else None
-        s1 = norm_act(k, self.norm0, self.act1, self.shortcut1(x))
+        s1 = norm_act_of_shortcut(k, self.norm0, self.act1, self.shortcut1, x)
         h = norm_act(k, self.norm1, self.act2, binary_fc(k, self.move1, self.fc1, x), s1)
-        s2 = self.shortcut2(h)
-        return norm_act(k, self.norm2, self.act3, binary_fc(k, self.move2, self.fc2, h), s2)
+        return norm_act_plus_shortcut(k, self.norm2, self.act3, self.shortcut2,
+                                      binary_fc(k, self.move2, self.fc2, h), h)
 
     def construct_fused(self, x):
         """The forward above in three kernels around the two FCs: the inference kernels also

@@ -107,6 +107,23 @@ def test_batch_norm_shortcut_and_rprelu(shortcut, shape):
     check_chain(fused.norm_act, lambda: bn_and_act(shape[1], 3), inputs, [shape])
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (40, 2, 2, 2)])
+def test_batch_norm_of_a_tiling_shortcut(shape):
+    """act(bn(tile(x))): the kernel reads the copies in place and sums their gradients."""
+    channels = 4 * shape[1]
+    check_chain(fused.norm_act_of_shortcut,
+                lambda: bn_and_act(channels, 3) + [UniShortcut(shape[1], channels)], [data(shape, 1, 2.0)],
+                [(shape[0], channels, *shape[2:])])
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (40, 2, 2, 2)])
+def test_batch_norm_plus_an_averaging_shortcut(shape):
+    """act(bn(a) + mean of channel groups of h): the kernel averages the groups itself."""
+    wide = (shape[0], 4 * shape[1], *shape[2:])
+    check_chain(fused.norm_act_plus_shortcut, lambda: bn_and_act(shape[1], 3) + [UniShortcut(wide[1], shape[1])],
+                [data(shape, 1, 2.0), data(wide, 2)], [shape])
+
+
 @pytest.mark.parametrize("chain, outputs", [(fused.move_conv, 2), (fused.binary_fc, 1)])
 def test_move_and_binarize_at_the_thresholds(chain, outputs):
     def cells():
