@@ -3,6 +3,8 @@
     python train.py --config configs/bimlp_t_fashion_mnist.yaml
     python train.py --config configs/bimlp_s_imagenet.yaml --dataset_path /data/imagenet --platform GPU
     python train.py --config ... --resume last        # continue from output_dir/last.ckpt
+    python train.py --config ... --binary_weights false --output_dir stage1      # two-stage training:
+    python train.py --config ... --init_checkpoint stage1/best.ckpt              # then both binary
 
 Writes to output_dir: config.yaml (the resolved settings), log.csv (one row per
 epoch), last.ckpt (weights + optimizer state + epoch, every epoch, atomically)
@@ -25,7 +27,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from src.checkpoint import (STATE_PREFIX, load_weights, model_records, read_checkpoint, recorded_binary,
-                            recorded_class_names, save_checkpoint)
+                            recorded_binary_weights, recorded_class_names, save_checkpoint)
 from src.config import add_arguments, load_config, save_config
 from src.context import UserError, default_device_id, run_cli, set_interrupt_note, setup_device
 from src.dataset import DEFAULT_IMAGE_SIZE, class_names, count_images, create_dataset, short_list
@@ -186,6 +188,10 @@ def restore_state(path, params, classes, config):
         kind = {True: "binary", False: "float"}
         raise UserError(f"{path} holds a {kind[trained_binary]} network but this run trains a {kind[binary]} one: "
                         f"resume with the run's own setting (--binary {str(trained_binary).lower()})")
+    if recorded_binary_weights(saved) != config["binary_weights"]:
+        setting = str(recorded_binary_weights(saved)).lower()
+        raise UserError(f"{path} was trained with binary_weights {setting}: resume with the run's own setting "
+                        f"(--binary_weights {setting}); a second stage starts from it with --init_checkpoint")
     check_classes(saved, classes, path, config)
     missing = sorted(set(params) - set(saved))
     if missing or f"{STATE_PREFIX}epoch" not in saved:
@@ -292,7 +298,11 @@ def main(argv=None):
 
     # fused=None: the per-epoch validation runs the fused CPU kernels when it can.
     net = create_model(config["model"], num_classes=num_classes, drop_path_rate=config["drop_path_rate"],
-                       binary=config["binary"], fused=None, fused_training=use_training_kernels(config))
+                       binary=config["binary"], binary_weights=config["binary_weights"], fused=None,
+                       fused_training=use_training_kernels(config))
+    if config["init_checkpoint"]:
+        check_classes(load_weights(net, config["init_checkpoint"], config["model"], start=True), classes,
+                      config["init_checkpoint"], config)
     steps_per_epoch = train_data(config, 1, rank, world, classes).get_dataset_size()
     schedule = config_lr_schedule(config, steps_per_epoch)
     optimizer = create_optimizer(net, config, schedule)
@@ -314,8 +324,12 @@ def main(argv=None):
             trim_log(os.path.join(out, "log.csv"), epochs_done)
     if resume:
         print(f"resumed from {resume}: {epochs_done} epochs done, best val top-1 {best:.4f}", flush=True)
+    elif config["init_checkpoint"]:
+        print(f"starting from the weights of {config['init_checkpoint']}", flush=True)
     if rank == 0:
-        print(f"training {config['model']} ({'binary' if config['binary'] else 'float'}) on {config['dataset']}: "
+        kind = ("binary" if config["binary_weights"] else "binary activations, float weights") if config["binary"] \
+            else "float"
+        print(f"training {config['model']} ({kind}) on {config['dataset']}: "
               f"{steps_per_epoch} steps/epoch x {config['batch_size']} images x {world} device(s), "
               f"{val_images} validation images, epochs {epochs_done + 1}..{config['epochs']}, output {out}, "
               f"{'fused CPU training kernels' if net.fused_training else 'MindSpore operators'}",
@@ -346,9 +360,9 @@ def main(argv=None):
         best_now = val["acc"] > best
         best = max(best, val["acc"])
         # The log row comes last: the log never lists an epoch that no checkpoint holds.
-        save_state(last_path, params, epoch, best, model_records(net.binary, classes))
+        save_state(last_path, params, epoch, best, model_records(net.binary, classes, net.binary_weights))
         if best_now:
-            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes))
+            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes, net.binary_weights))
         lr_now = float(schedule[epoch * steps_per_epoch - 1])
         append_log(os.path.join(out, "log.csv"), {
             "epoch": epoch, "train_loss": f"{loss:.5f}", "val_top1": f"{val['acc']:.5f}",

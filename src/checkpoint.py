@@ -128,13 +128,18 @@ def guess_variant(weights, exclude=None):
 STATE_PREFIX = "train_state."
 # ...and whether the weights are a binary network or its float twin (1 or 0).
 BINARY_MARKER = f"{STATE_PREFIX}binary"
+# ...and, for the first stage of two-stage training only, that its weights are float (0).
+BINARY_WEIGHTS_RECORD = f"{STATE_PREFIX}binary_weights"
 # ...and the class name of each label, as a JSON list: eval.py and predict.py map class folders by name.
 CLASS_NAMES_RECORD = f"{STATE_PREFIX}class_names"
 
 
-def model_records(binary, class_names):
+def model_records(binary, class_names, binary_weights=True):
     """The records train.py writes beside the weights of every checkpoint."""
-    return {BINARY_MARKER: int(binary), CLASS_NAMES_RECORD: json.dumps(list(class_names))}
+    records = {BINARY_MARKER: int(binary), CLASS_NAMES_RECORD: json.dumps(list(class_names))}
+    if not binary_weights:
+        records[BINARY_WEIGHTS_RECORD] = 0
+    return records
 
 
 def recorded_class_names(params):
@@ -151,14 +156,16 @@ def _is_training_state(name):
                     "last_overflow_iterator_step", "loss_scale")
 
 
-def load_weights(net, path, model_name, teacher=False):
+def load_weights(net, path, model_name, teacher=False, start=False):
     """Load a checkpoint into net; every parameter must match by name and shape, and a
     checkpoint that records binary or float training (train.py's) must match net.binary.
 
-    teacher: net is train.py's distillation teacher (messages name no CLI flags)."""
+    teacher: net is train.py's distillation teacher (messages name no CLI flags).
+    start: the weights start a new training run, whichever network trained them."""
     params = read_checkpoint(path)
     check_compatible(net, params, model_name, path, model_flag=None if teacher else "--model")
-    check_binary(net, params, path, teacher)
+    if not start:
+        check_binary(net, params, path, teacher)
     not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
                                                 if not _is_training_state(n)}, strict_load=True)
     if not_loaded:
@@ -171,8 +178,17 @@ def recorded_binary(params):
     return bool(params[BINARY_MARKER].asnumpy()) if BINARY_MARKER in params else None
 
 
+def recorded_binary_weights(params):
+    """False for the first stage of two-stage training (float weights), else True."""
+    return BINARY_WEIGHTS_RECORD not in params or bool(params[BINARY_WEIGHTS_RECORD].asnumpy())
+
+
 def check_binary(net, params, path, teacher=False):
     """Float-twin and binary checkpoints have the same names and shapes; train.py records which it is."""
+    if not recorded_binary_weights(params) and net.binary_weights:
+        raise UserError(f"checkpoint {path} holds the first stage of two-stage training (binary activations, float "
+                        f"weights), not a finished network: train the second stage from it with "
+                        f"train.py --init_checkpoint {path}")
     trained_binary = recorded_binary(params)
     if trained_binary is None or trained_binary == net.binary:
         return

@@ -17,6 +17,9 @@ DEFAULTS = {
     # model
     "model": "BiMLP_S",
     "binary": True,
+    # false: 1-bit activations with float weights, the first stage of two-stage training (ReActNet);
+    # the second stage starts from its weights with binary_weights true and init_checkpoint.
+    "binary_weights": True,
     "num_classes": None,          # None: the dataset's class count
     "drop_path_rate": 0.0,
     # data
@@ -47,6 +50,7 @@ DEFAULTS = {
     # run
     "output_dir": "output",
     "resume": None,               # path of a checkpoint written by train.py ("last" = output_dir/last.ckpt)
+    "init_checkpoint": None,      # start a new run from these weights (e.g. a first stage's best.ckpt)
     "platform": "CPU",
     "device_id": 0,
     "distribute": False,
@@ -59,7 +63,7 @@ CHOICES = {"platform": PLATFORMS, "mode": ("graph", "pynative"),
            "dataset": ("imagenet", "imagefolder", "fashion_mnist")}
 # The type of the settings whose default (None: not set) does not show it.
 OPTIONAL_TYPES = {"num_classes": int, "image_size": int, "dataset_path": str, "teacher_checkpoint": str,
-                  "resume": str, "fused": bool}
+                  "resume": str, "init_checkpoint": str, "fused": bool}
 TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
 
 
@@ -138,6 +142,12 @@ def _validate(config):
         raise UserError(f"drop_path_rate must be below 1, got {config['drop_path_rate']}")
     if config["distill_temperature"] <= 0:
         raise UserError(f"distill_temperature must be positive, got {config['distill_temperature']}")
+    if not config["binary_weights"] and not config["binary"]:
+        raise UserError("binary_weights false trains a binary network's first stage (1-bit activations, float "
+                        "weights): it needs binary true")
+    if config["init_checkpoint"] and config["resume"]:
+        raise UserError("init_checkpoint starts a new run from a checkpoint's weights, resume continues a run: "
+                        "give only one of them")
     check_image_size(config["image_size"], "image_size")
     check_device_id(config["device_id"])
 

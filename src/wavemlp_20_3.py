@@ -339,6 +339,8 @@ class BiMLP(nn.Cell):
         mlp_ratios: hidden/in ratio of each stage's channel MLP.
         norm: "bn" (BatchNorm2d) or "gn" (GroupNorm(1, C)) for the block and stem norms.
         binary: False builds the float twin (same parameters, quantizers off).
+        binary_weights: False keeps the weights float while the activations are binary: the first
+            stage of two-stage training (ReActNet); the same parameters.
         stem: (kernel, stride, padding) of the float patch-embedding conv.
         fast: compute with MindSpore CPU kernels that are faster and leaner but give
             bit-identical results; False restores the straightforward operators.
@@ -354,15 +356,15 @@ class BiMLP(nn.Cell):
     """
 
     def __init__(self, layers, embed_dims=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4), norm="bn",
-                 num_classes=1000, drop_path_rate=0.0, binary=True, in_chans=3, stem=(7, 4, 2), fast=True, fused=None,
-                 fused_training=False, engine="exact"):
+                 num_classes=1000, drop_path_rate=0.0, binary=True, binary_weights=True, in_chans=3, stem=(7, 4, 2),
+                 fast=True, fused=None, fused_training=False, engine="exact"):
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
         norm_layer = NORM_LAYERS[norm]
         scheme = "xnor" if binary else "fp"
-        quant = dict(quan_name_w=scheme, quan_name_a=scheme, nbit_w=1, nbit_a=1, fast=fast)
-        self.num_classes, self.binary = num_classes, binary
+        quant = dict(quan_name_w=scheme if binary_weights else "fp", quan_name_a=scheme, nbit_w=1, nbit_a=1, fast=fast)
+        self.num_classes, self.binary, self.binary_weights = num_classes, binary, binary_weights
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], *stem, norm_layer, fast)
         rates = np.linspace(0.0, drop_path_rate, sum(layers)).tolist()
         network = []
@@ -377,11 +379,12 @@ class BiMLP(nn.Cell):
         self.norm = norm_layer(embed_dims[-1])
         self.head = nn.Dense(embed_dims[-1], num_classes,
                              weight_init=TruncatedNormal(0.02), bias_init="zeros")
-        fused = weight_cache.check_engine(engine, fused, binary, fast)
+        fused = weight_cache.check_engine(engine, fused, binary and binary_weights, fast)
         if fused is None:
-            fused = binary and fast and fused_kernels.available()
-        if fused and not binary:
-            raise ValueError("the fused kernels binarize activations: use fused=False for the float twin")
+            fused = binary and binary_weights and fast and fused_kernels.available()
+        if fused and not (binary and binary_weights):
+            raise ValueError("the fused inference kernels binarize activations and weights: use fused=False for the "
+                             "float twin and for float weights")
         if (fused or fused_training) and not fused_kernels.available():
             raise ValueError("the fused kernels need MindSpore on CPU and src/fused_*.cc built: a C++ compiler "
                              "and a writable cache directory (see the warning above)")

@@ -166,5 +166,6 @@ def check_engine(engine, fused, binary, fast):
     if engine == "exact":
         return fused
     if not binary or not fast:
-        raise ValueError("engine='xnor' computes the binary network: it needs binary=True and fast=True")
+        raise ValueError("engine='xnor' computes the binary network: it needs binary=True (with binary weights) "
+                         "and fast=True")
     return True

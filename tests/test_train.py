@@ -339,6 +339,8 @@ def test_claiming_an_output_dir_removes_stale_scratch_and_overwrites_only_a_runs
     (["--device_id", "-1"], "device_id must be a device number"),
     (["--distribute", "true"], "--distribute true runs under msrun"),
     (["--resume", "last", "--overwrite"], "give only one of them"),
+    (["--resume", "last", "--init_checkpoint", "x.ckpt"], "init_checkpoint starts a new run"),
+    (["--binary", "false", "--binary_weights", "false"], "binary_weights false trains a binary network's first"),
 ])
 def test_bad_training_input_in_process(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -416,6 +418,34 @@ def test_checkpoints_record_binary_or_float_and_loaders_check_it(small_fashion, 
     kd = run(train_args(small_fashion, tmp_path / "kd", "--teacher_checkpoint", str(tmp_path / "binary" / "best.ckpt"),
                         "--mode", "pynative"))
     assert kd.returncode == 2 and "must be a float twin" in kd.stderr
+
+
+def test_two_stage_training_first_stage_float_weights_then_both_binary(small_fashion, tmp_path):
+    """The first stage trains float weights under binary activations and says so in its checkpoints,
+    which only a second stage takes (with the learning rate at 0 it keeps their weights exactly)."""
+    assert not any(layer.is_binary_weight for layer in create_model("BiMLP_T", binary_weights=False).cells()
+                   if hasattr(layer, "is_binary_weight"))
+    assert all(layer.binary_input for layer in create_model("BiMLP_T", binary_weights=False).cells()
+               if hasattr(layer, "binary_input"))
+    stage1 = run(train_args(small_fashion, tmp_path / "stage1", "--binary_weights", "false", "--epochs", "1",
+                            "--steps_per_epoch", "2", "--mode", "pynative"))
+    assert stage1.returncode == 0, stage1.stderr[-3000:]
+    assert "binary activations, float weights" in stage1.stdout
+    first = str(tmp_path / "stage1" / "best.ckpt")
+    evaluate = run([sys.executable, "eval.py", "--dataset_path", small_fashion, "--checkpoint_path", first,
+                    "--model", "BiMLP_T", "--mode", "pynative"])
+    assert_one_line_error(evaluate, "holds the first stage of two-stage training")
+    wrong_resume = run(train_args(small_fashion, tmp_path / "stage1", "--resume", "last", "--mode", "pynative"))
+    assert_one_line_error(wrong_resume, "was trained with binary_weights false")
+
+    stage2 = run(train_args(small_fashion, tmp_path / "stage2", "--init_checkpoint", first, "--epochs", "1",
+                            "--steps_per_epoch", "2", "--lr", "0", "--min_lr", "0", "--mode", "pynative"))
+    assert stage2.returncode == 0, stage2.stderr[-3000:]
+    assert f"starting from the weights of {first}" in stage2.stdout
+    before, after = checkpoint_arrays(first), checkpoint_arrays(tmp_path / "stage2" / "best.ckpt")
+    trained = [p.name for p in create_model("BiMLP_T").trainable_params()]
+    assert all(np.array_equal(before[name], after[name]) for name in trained)
+    assert "train_state.binary_weights" in before and "train_state.binary_weights" not in after
 
 
 def image_folders(root, splits):
