@@ -105,13 +105,18 @@ def parse_args(argv=None):
                         help="where to write the results (default: fig/benchmark.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = [path for path in args.paths.split(",") if path not in PATHS and path not in THREAD_SETTINGS]
-    if unknown:
-        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join([*PATHS, *THREAD_SETTINGS])}")
-    unknown = [path for path in args.train_paths.split(",") if path not in TRAIN_PATHS + TRAIN_THREAD_PATHS]
-    if unknown:
-        parser.error(f"unknown train path(s) {', '.join(unknown)}; choose from "
-                     f"{', '.join(TRAIN_PATHS + TRAIN_THREAD_PATHS)}")
+    for what, given, known in (("path", args.paths, [*PATHS, *THREAD_SETTINGS]),
+                               ("train path", args.train_paths, TRAIN_PATHS + TRAIN_THREAD_PATHS)):
+        unknown = [path for path in given.split(",") if path not in known]
+        if unknown:
+            parser.error(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    from src.context import UserError
+    from src.files import check_output_file
+
+    try:
+        check_output_file(args.json, "--json")
+    except UserError as err:
+        parser.error(str(err))
     eval_models, train_models = DEFAULT_MODELS
     if args.quick:
         eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64

@@ -102,7 +102,8 @@ def build_network(args):
     data_channels = 1 if args.dataset == "fashion_mnist" else 3
     if model_channels != data_channels:
         raise UserError(f"{args.model} takes {model_channels}-channel images but {args.dataset} gives "
-                        f"{data_channels}-channel ones: use {'/'.join(models_for('fashion_mnist'))} with fashion_mnist, "
+                        f"{data_channels}-channel ones: use {'/'.join(models_for('fashion_mnist'))} with "
+                        f"fashion_mnist, "
                         f"{'/'.join(models_for('imagenet'))} with imagenet or imagefolder")
     net.set_train(False)
     return net

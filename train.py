@@ -270,7 +270,8 @@ def train_epoch(step_cell, dataset, epoch, config, schedule, rank, run_start, di
             rate = images / max(time.time() - timed_start, 1e-9) if images else 0.0
             global_step = (epoch - 1) * steps + step
             left = (config["epochs"] * steps - global_step) * x.shape[0] / rate if rate else 0
-            print(f"epoch {epoch}/{config['epochs']} step {step}/{steps} loss {np.mean(losses[-config['log_every']:]):.4f} "
+            recent = np.mean(losses[-config["log_every"]:])
+            print(f"epoch {epoch}/{config['epochs']} step {step}/{steps} loss {recent:.4f} "
                   f"lr {schedule[min(global_step, len(schedule)) - 1]:.2e} {rate:.1f} img/s "
                   f"elapsed {format_duration(time.time() - run_start)} ETA {format_duration(left)}", flush=True)
     if not losses:
@@ -360,9 +361,10 @@ def main(argv=None):
         best_now = val["acc"] > best
         best = max(best, val["acc"])
         # The log row comes last: the log never lists an epoch that no checkpoint holds.
-        save_state(last_path, params, epoch, best, model_records(net.binary, classes, net.binary_weights))
+        records = model_records(net.binary, classes, net.binary_weights)
+        save_state(last_path, params, epoch, best, records)
         if best_now:
-            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=model_records(net.binary, classes, net.binary_weights))
+            save_checkpoint(net, os.path.join(out, "best.ckpt"), append_dict=records)
         lr_now = float(schedule[epoch * steps_per_epoch - 1])
         append_log(os.path.join(out, "log.csv"), {
             "epoch": epoch, "train_loss": f"{loss:.5f}", "val_top1": f"{val['acc']:.5f}",

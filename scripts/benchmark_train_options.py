@@ -26,7 +26,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from src.files import write_text  # noqa: E402  (after the path set-up)
+from src.context import UserError  # noqa: E402  (after the path set-up)
+from src.files import check_output_file, write_text  # noqa: E402
 
 RESULT_TAG = "OPTION_RESULT "
 OPTIONS = {
@@ -55,9 +56,10 @@ def parse_args(argv=None):
     unknown = [o for o in args.options.split(",") if o not in OPTIONS]
     if unknown:
         parser.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
-    folder = os.path.dirname(os.path.abspath(args.json))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        parser.error(f"cannot write --json {args.json}: {folder} is not a writable folder")
+    try:
+        check_output_file(args.json, "--json")
+    except UserError as err:
+        parser.error(str(err))
     from src.wavemlp_20_3 import MODELS
 
     if args.model not in MODELS:

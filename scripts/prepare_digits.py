@@ -63,7 +63,8 @@ def main(argv=None):
         raise UserError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     existing = [split for split in ("train", "val") if os.path.exists(os.path.join(args.out, split))]
     if existing:
-        raise UserError(f"{args.out} already has {' and '.join(s + '/' for s in existing)}: remove it or choose another folder")
+        raise UserError(f"{args.out} already has {' and '.join(s + '/' for s in existing)}: remove it or choose "
+                        f"another folder")
     images, labels = load_digits()
     splits = split_per_class(labels, args.val_fraction, args.seed)
     write_folder(args.out, images, labels, splits)

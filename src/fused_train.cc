@@ -7,6 +7,7 @@
 // Forward values follow the operators' order where that is cheap (the binarization, the
 // line convolutions, the pooling); batch statistics are summed in double.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -298,6 +299,19 @@ void take_acc(const LineLayout &l, const float *acc, float *plane) {
   for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, acc + l.acc(r, 0), l.w * sizeof(float));
 }
 
+// One plane of the gradient of a weighted sum of three tensors, y = k0 x0 + k1 x1 + k2 x2 (+ more):
+// dxj = dy kj, and the plane's sums of dy xj (the weights' gradients) added to `sums`.
+void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3> x, std::array<float, 3> k,
+                       std::array<float *, 3> dx, LaneSums<3> &sums) {
+  sums.add(hw, [&](int64_t i, float *v) {
+    const float g = dy[i];
+    for (int j = 0; j < 3; ++j) {
+      dx[j][i] = g * k[j];
+      v[j] = g * x[j][i];
+    }
+  });
+}
+
 std::atomic<int64_t> kernel_calls[2];
 
 }  // namespace
@@ -481,26 +495,18 @@ int WaveMixTrainGrad(int, void **params, int *, int64_t **shapes, const char **,
   float *dweight = arg<float>(params, 8);
   const Dims d = dims_of(shapes[0]);
   const float w0 = weight[0], w1 = weight[1], rest = (1.0f - w0) - w1;
-  std::vector<LaneSums<3>> sums(d.c);  // per channel: dy b, dy c, dy a
+  std::vector<LaneSums<3>> sums(d.c);  // per channel: dy a, dy b, dy c
   parallel_for(d.c, 4 * d.n * d.hw, [&](int64_t ch) {
     for (int64_t n = 0; n < d.n; ++n) {
       const int64_t o = d.at(n, ch);
-      sums[ch].add(d.hw, [&](int64_t i, float *v) {
-        const float g = dy[o + i];
-        da[o + i] = g * rest;
-        db[o + i] = g * w0;
-        dc[o + i] = g * w1;
-        v[0] = g * b[o + i];
-        v[1] = g * c[o + i];
-        v[2] = g * a[o + i];
-      });
+      weighted_sum_grad(d.hw, dy + o, {a + o, b + o, c + o}, {rest, w0, w1}, {da + o, db + o, dc + o}, sums[ch]);
     }
   });
-  double by = 0.0, cy = 0.0, ay = 0.0;
+  double ay = 0.0, by = 0.0, cy = 0.0;
   for (auto &s : sums) {
-    by += s.total(0);
-    cy += s.total(1);
-    ay += s.total(2);
+    ay += s.total(0);
+    by += s.total(1);
+    cy += s.total(2);
   }
   dweight[0] = static_cast<float>(by - ay);
   dweight[1] = static_cast<float>(cy - ay);
@@ -538,15 +544,7 @@ int Mix3TrainGrad(int, void **params, int *, int64_t **shapes, const char **, vo
     const float a0 = a[plane], a1 = a[stride + plane], a2 = a[2 * stride + plane];
     const int64_t o = plane * d.hw;
     LaneSums<3> sums;
-    sums.add(d.hw, [&](int64_t i, float *v) {
-      const float g = dy[o + i];
-      dh[o + i] = g * a0;
-      dw[o + i] = g * a1;
-      dc[o + i] = g * a2;
-      v[0] = g * h[o + i];
-      v[1] = g * w[o + i];
-      v[2] = g * c[o + i];
-    });
+    weighted_sum_grad(d.hw, dy + o, {h + o, w + o, c + o}, {a0, a1, a2}, {dh + o, dw + o, dc + o}, sums);
     for (int j = 0; j < 3; ++j) da[j * stride + plane] = static_cast<float>(sums.total(j));
   });
   return 0;

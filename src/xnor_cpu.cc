@@ -165,8 +165,10 @@ void output_channel(const PackedImage &a, const uint64_t *weight_negative, const
 #endif
     for (; p < positions; ++p) {
       int64_t differ = 0;
-      for (int64_t w = 0; w < words; ++w)
-        differ += __builtin_popcountll(a.nonzero[w * positions + p] & (a.negative[w * positions + p] ^ weight_negative[w]));
+      for (int64_t w = 0; w < words; ++w) {
+        const int64_t at = w * positions + p;
+        differ += __builtin_popcountll(a.nonzero[at] & (a.negative[at] ^ weight_negative[w]));
+      }
       y[p] = scale * static_cast<float>(a.nonzero_count[p] - 2 * differ);
     }
     return;
@@ -202,7 +204,8 @@ int XnorConv1x1(int, void **params, int *, int64_t **shapes, const char **, void
   if (static_cast<int64_t>(kept.size()) < n) kept.resize(n);
   std::vector<PackedImage> &images = kept;  // the worker threads must see this thread's buffers
   parallel_for(n, channels * positions, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) pack_image(x + i * channels * positions, bias, channels, positions, &images[i]);
+    for (int64_t i = begin; i < end; ++i)
+      pack_image(x + i * channels * positions, bias, channels, positions, &images[i]);
   });
   parallel_for(n * outputs, words * positions * 4, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {

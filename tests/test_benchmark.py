@@ -30,5 +30,6 @@ def test_unknown_option_or_model_is_an_error():
 
 
 def test_an_unwritable_json_path_is_refused_before_measuring(tmp_path):
-    proc = run("--json", str(tmp_path / "missing" / "out.json"))
-    assert proc.returncode == 2 and "is not a writable folder" in proc.stderr
+    (tmp_path / "file").write_text("x")
+    proc = run("--json", str(tmp_path / "file" / "out.json"))
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr

@@ -3,6 +3,8 @@ also take --checkpoint_nm, the MindSpore model zoo's name for the same flag."""
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -61,6 +63,18 @@ def test_benchmark_train_paths_select_the_train_configurations(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--train_paths", "fast,xnor"])
     assert "unknown train path(s) xnor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--paths", "fused,gpu"])
+    assert "unknown path(s) gpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["benchmark.py", "scripts/compare_recipes.py", "scripts/benchmark_train_options.py"])
+def test_results_files_are_checked_before_any_measurement(tmp_path, script):
+    (tmp_path / "file").write_text("x")
+    extra = ["--config", "configs/bimlp_t14_fashion_mnist.yaml", "--epochs", "1"] if "recipes" in script else []
+    proc = subprocess.run([sys.executable, script, *extra, "--json", str(tmp_path / "file" / "out.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_no_command_has_another_flag_for_the_variant():

@@ -70,8 +70,8 @@ def test_relative_links_and_anchors_resolve(page):
         assert os.path.exists(resolved), f"{os.path.relpath(page, ROOT)}: {target} does not exist"
         if anchor:
             assert resolved.endswith(".md"), f"{os.path.relpath(page, ROOT)}: {target}: anchor into a non-page"
-            assert anchor in anchors(resolved), \
-                f"{os.path.relpath(page, ROOT)}: {target}: no heading with that anchor in {os.path.relpath(resolved, ROOT)}"
+            assert anchor in anchors(resolved), (f"{os.path.relpath(page, ROOT)}: {target}: no heading with that "
+                                                 f"anchor in {os.path.relpath(resolved, ROOT)}")
 
 
 def test_every_docs_page_is_linked_from_the_readme():

@@ -34,8 +34,8 @@ def twins(seed):
 
 
 def copy_weights(source, target):
-    ms.load_param_into_net(target, {p.name: ms.Parameter(p.asnumpy().copy(), name=p.name) for p in source.get_parameters()},
-                           strict_load=True)
+    weights = {p.name: ms.Parameter(p.asnumpy().copy(), name=p.name) for p in source.get_parameters()}
+    ms.load_param_into_net(target, weights, strict_load=True)
 
 
 def test_binarized_weights_are_cached_and_follow_every_weight_change():
