@@ -85,7 +85,7 @@ def check_compatible(net, params, model_name, path, model_flag="--model"):
     model_flag: the command's flag that names the variant, suggested when the checkpoint looks
     like another one (None: no suggestion, e.g. for a teacher that must match the student).
     """
-    expected = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
+    expected = {name: tuple(p.shape) for name, p in net.parameters_and_names() if not _is_training_state(name)}
     weights = {name: tuple(v.shape) for name, v in params.items() if not _is_training_state(name)}
     missing = set(expected) - set(weights)
     unexpected = set(weights) - set(expected)
@@ -168,6 +168,8 @@ def load_weights(net, path, model_name, teacher=False, start=False):
         check_binary(net, params, path, teacher)
     not_loaded, _ = ms.load_param_into_net(net, {n: v for n, v in params.items()
                                                 if not _is_training_state(n)}, strict_load=True)
+    # A network in training mode counts its drop-path draws, which no weights file needs to hold.
+    not_loaded = [name for name in not_loaded if not _is_training_state(name)]
     if not_loaded:
         raise UserError(f"checkpoint {path} left parameters unloaded: {_listing(not_loaded)}")
     return params
@@ -185,7 +187,7 @@ def recorded_binary_weights(params):
 
 def check_binary(net, params, path, teacher=False):
     """Float-twin and binary checkpoints have the same names and shapes; train.py records which it is."""
-    if not recorded_binary_weights(params) and net.binary_weights:
+    if not teacher and not recorded_binary_weights(params) and net.binary_weights:
         raise UserError(f"checkpoint {path} holds the first stage of two-stage training (binary activations, float "
                         f"weights), not a finished network: train the second stage from it with "
                         f"train.py --init_checkpoint {path}")

@@ -147,7 +147,7 @@ def _validate(config):
                         "weights): it needs binary true")
     if config["init_checkpoint"] and config["resume"]:
         raise UserError("init_checkpoint starts a new run from a checkpoint's weights, resume continues a run: "
-                        "give only one of them")
+                        "give only one of them (--init_checkpoint \"\" clears a config file's)")
     check_image_size(config["image_size"], "image_size")
     check_device_id(config["device_id"])
 

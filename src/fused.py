@@ -30,7 +30,7 @@ HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread"]
 
 _library = {}
 
@@ -293,11 +293,16 @@ def inference(kernels):
     return kernels is not None and kernels.inference
 
 
+def training(kernels):
+    """True for the TrainKernels (training mode), False for the inference Kernels or None."""
+    return kernels is not None and not kernels.inference
+
+
 def norm_act(kernels, bn, act, a, shortcut=None):
     """act(bn(a) + shortcut): batch norm (training mode with kernels), optional shortcut, RPReLU."""
     if inference(kernels) and shortcut is None:
         return kernels.bn_act(a, *bn_act_params(bn, act))
-    if kernels is None or kernels.inference:
+    if not training(kernels):
         z = bn(a)
         return act(z if shortcut is None else z + shortcut)
     if shortcut is None:
@@ -314,15 +319,16 @@ def _train_norm_act(kernel, bn, act, *inputs):
 def norm_act_of_shortcut(kernels, bn, act, shortcut, x):
     """act(bn(shortcut(x))) for a uni-shortcut; in training the kernel reads a tiling one's input
     copies in place (the tiled tensor is never stored, its gradient summed in the kernel)."""
-    if kernels is None or kernels.inference or not shortcut.repeats:
+    if not training(kernels) or not shortcut.repeats:
         return norm_act(kernels, bn, act, shortcut(x))
     return _train_norm_act(kernels.bn_act, bn, act, x)
 
 
 def norm_act_plus_shortcut(kernels, bn, act, shortcut, a, x):
     """act(bn(a) + shortcut(x)) for a uni-shortcut; in training the kernel averages an averaging
-    one's channel groups itself."""
-    if kernels is None or kernels.inference or shortcut.repeats:
+    one's channel groups itself. (The reweighting MLP's shortcuts go the other way, average then
+    tile, on pooled 1x1 maps where MindSpore's operators cost little.)"""
+    if not training(kernels) or shortcut.repeats:
         return norm_act(kernels, bn, act, a, shortcut(x))
     return _train_norm_act(kernels.bn_act_group_mean, bn, act, a, x)
 
@@ -336,7 +342,7 @@ def group_norm(kernels, norm, x):
 
 def move_conv(kernels, move, conv, x):
     """(t, conv(t)) for t = move(x); conv quantizes its input (the kernel binarizes t itself)."""
-    if kernels is None or kernels.inference or not conv.binary_input:
+    if not training(kernels) or not conv.binary_input:
         t = move(x)
         return t, conv(t)
     t, q = kernels.move_binarize(x, move.bias)
@@ -345,7 +351,7 @@ def move_conv(kernels, move, conv, x):
 
 def binary_fc(kernels, move, conv, x):
     """conv(move(x)), where the moved input itself is not needed (move_conv gives both)."""
-    if kernels is None or kernels.inference or not conv.binary_input:
+    if not training(kernels) or not conv.binary_input:
         return conv(move(x))
     return conv.convolve(kernels.move_binarize(x, move.bias)[1])
 
@@ -363,7 +369,7 @@ def residual_fc(kernels, move, conv, bn, act, x):
 
 def phase_conv(kernels, move, conv, pair_mean, x, theta):
     """(pair_mean(p), conv(p)) for p = move(concat(x cos(theta), x sin(theta))); conv quantizes p."""
-    if kernels is None or kernels.inference or not conv.binary_input:
+    if not training(kernels) or not conv.binary_input:
         p = move(ops.concat((x * ops.cos(theta), x * ops.sin(theta)), axis=1))
         return pair_mean(p), conv(p)
     q, m, _, _ = kernels.phase_move(x, theta, move.bias)

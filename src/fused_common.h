@@ -32,7 +32,8 @@ inline int64_t floor_half(int64_t d) { return (d - (d & 1)) / 2; }
 // each plane is stored split by row and column parity, each part framed by two rows and columns
 // of -inf: every tap of every window is then the same shift of one part for all outputs of a
 // block of planes at once, one long branch-free loop that vectorizes, and the padding never wins
-// a strict comparison. The maxima are exact, so values equal the plain window loops'.
+// a strict comparison. The maxima are exact, so values equal the plain window loops' (for inputs
+// without NaN, which a maximum here skips).
 class Pool4Planes {
  public:
   static constexpr int64_t kBlock = 16;  // planes per pass
@@ -67,14 +68,14 @@ class Pool4Planes {
     const int64_t end = count * frame_ - 2 * cols_;  // past the last output row
     for (int j = 0; j < 4; ++j) {
       const int64_t kernel = kPoolKernels[j], pad_rows = pool_pad(h_, kernel), pad_cols = pool_pad(w_, kernel);
-      // Along the rows, for each row parity: row_max_ = the maximum over the taps of each window.
+      // Separable: each window's maximum along its rows first (both row parities), then down its
+      // columns over those; the taps in order keep the first maximum of the window.
       for (int64_t parity = 0; parity < 2; ++parity)
         max_over_taps<kTaps>(kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(),
                              row_tap_.data(), [&](int64_t t) {
                                const int64_t d = t - pad_cols;
                                return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);
                              });
-      // Down the columns: the same over the rows of row_max_.
       max_over_taps<kTaps>(kernel, 2 * cols_, end, best_.data(), tap_.data(), [&](int64_t t) {
         const int64_t d = t - pad_rows;
         return row_max_.data() + (d & 1) * parity_ + floor_half(d) * cols_;

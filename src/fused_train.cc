@@ -299,8 +299,8 @@ void take_acc(const LineLayout &l, const float *acc, float *plane) {
   for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, acc + l.acc(r, 0), l.w * sizeof(float));
 }
 
-// One plane of the gradient of a weighted sum of three tensors, y = k0 x0 + k1 x1 + k2 x2 (+ more):
-// dxj = dy kj, and the plane's sums of dy xj (the weights' gradients) added to `sums`.
+// One plane of the gradient of a weighted sum of three tensors, y = k0 x0 + k1 x1 + k2 x2 + (terms
+// without weights): dxj = dy kj, and the plane's sums of dy xj (the weights' gradients) added to `sums`.
 void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3> x, std::array<float, 3> k,
                        std::array<float *, 3> dx, LaneSums<3> &sums) {
   sums.add(hw, [&](int64_t i, float *v) {

@@ -109,6 +109,9 @@ class UniShortcut(nn.Cell):
 
     def __init__(self, channels_in, channels_out, fast=True):
         super().__init__()
+        if channels_out % channels_in and channels_in % channels_out:
+            raise ValueError(f"a uni-shortcut tiles or averages whole channel groups: {channels_in} -> "
+                             f"{channels_out} channels is neither")
         self.fast = fast
         self.repeats = channels_out // channels_in
         self.k = channels_in // channels_out

@@ -124,6 +124,39 @@ def test_batch_norm_plus_an_averaging_shortcut(shape):
                 [data(shape, 1, 2.0), data(wide, 2)], [shape])
 
 
+class UnusedShortcut(UniShortcut):
+    def construct(self, x):
+        raise AssertionError("the uni-shortcut ran as MindSpore operators")
+
+
+class RecordingKernels:
+    """Training kernels that record which one ran on which inputs (zeros out)."""
+
+    inference = False
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def kernel(*inputs):
+            self.calls.append((name, [tuple(x.shape) for x in inputs[:-5]]))
+            n, _, h, w = inputs[0].shape
+            channels = inputs[-5].shape[0]  # gamma's
+            zeros = np.zeros((channels,), np.float32)
+            return Tensor(np.zeros((n, channels, h, w), np.float32)), Tensor(zeros), Tensor(zeros)
+        return kernel
+
+
+def test_the_shortcut_helpers_hand_the_uni_shortcut_to_one_kernel():
+    """Equal values cannot tell whether the shortcut ran as operators first: the path is asserted."""
+    x, wide = data((2, 3, 4, 4), 1), data((2, 12, 4, 4), 2)
+    kernels = RecordingKernels()
+    tiled = fused.norm_act_of_shortcut(kernels, *bn_and_act(12, 3), UnusedShortcut(3, 12), x)
+    averaged = fused.norm_act_plus_shortcut(kernels, *bn_and_act(3, 3), UnusedShortcut(12, 3), x, wide)
+    assert kernels.calls == [("bn_act", [(2, 3, 4, 4)]), ("bn_act_group_mean", [(2, 3, 4, 4), (2, 12, 4, 4)])]
+    assert tiled.shape == (2, 12, 4, 4) and averaged.shape == (2, 3, 4, 4)
+
+
 @pytest.mark.parametrize("chain, outputs", [(fused.move_conv, 2), (fused.binary_fc, 1)])
 def test_move_and_binarize_at_the_thresholds(chain, outputs):
     def cells():
@@ -163,10 +196,10 @@ def test_downsampling_pools(size, ties):
         return fused.pool4(kernels, pools, x)
 
     out = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-    x = data((2, 3, *size), 9)
+    x = data((3, 7, *size), 9)  # 21 planes: more than one block of Pool4Planes, the last one partly filled
     if ties:
         x = Tensor(np.round(x.asnumpy()))
-    check_chain(chain, cells, [x], [(2, 3, *out)], exact_outputs=(0,))
+    check_chain(chain, cells, [x], [(3, 7, *out)], exact_outputs=(0,))
 
 
 @pytest.mark.parametrize("kernel", [(1, 7), (7, 1)])
