@@ -161,22 +161,27 @@ int bn_act_forward(void **params, int64_t **shapes) {
   float *var_out = arg<float>(params, first + 7);
   const ChainDims d = chain_dims<kShortcut>(shapes);
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
-  parallel_for(d.out.c, 4 * d.out.n * d.out.hw, [&](int64_t c) {
+  const int64_t copies = d.out.c / d.in.c;
+  // By input channel: a tiled input's copies share their batch statistics, computed once.
+  parallel_for(d.in.c, 4 * copies * d.out.n * d.out.hw, [&](int64_t source) {
     double mean, var;
-    channel_moments(a, d.in, d.source(c), &mean, &var);
-    mean_out[c] = static_cast<float>(mean);
-    var_out[c] = static_cast<float>(var);
-    const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
-    const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
-    for (int64_t n = 0; n < d.out.n; ++n) {
-      const float *in = a + d.in.at(n, d.source(c));
-      const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
-      float *out = y + d.out.at(n, c);
-      for (int64_t i = 0; i < d.out.hw; ++i) {
-        float u = (in[i] - m) * scale + beta;
-        if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
-        u = u + b1;
-        out[i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+    channel_moments(a, d.in, source, &mean, &var);
+    for (int64_t copy = 0; copy < copies; ++copy) {
+      const int64_t c = copy * d.in.c + source;
+      mean_out[c] = static_cast<float>(mean);
+      var_out[c] = static_cast<float>(var);
+      const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
+      const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+      for (int64_t n = 0; n < d.out.n; ++n) {
+        const float *in = a + d.in.at(n, source);
+        const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
+        float *out = y + d.out.at(n, c);
+        for (int64_t i = 0; i < d.out.hw; ++i) {
+          float u = (in[i] - m) * scale + beta;
+          if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
+          u = u + b1;
+          out[i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+        }
       }
     }
   });
