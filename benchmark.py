@@ -110,13 +110,9 @@ def parse_args(argv=None):
         unknown = [path for path in given.split(",") if path not in known]
         if unknown:
             parser.error(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    from src.context import UserError
-    from src.files import check_output_file
+    from src.context import check_output_argument
 
-    try:
-        check_output_file(args.json, "--json")
-    except UserError as err:
-        parser.error(str(err))
+    check_output_argument(parser, args.json, "--json")
     eval_models, train_models = DEFAULT_MODELS
     if args.quick:
         eval_models, args.batches, args.min_seconds, args.data_images = "BiMLP_S", "1,8", 0.0, 64

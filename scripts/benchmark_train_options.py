@@ -26,8 +26,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from src.context import UserError  # noqa: E402  (after the path set-up)
-from src.files import check_output_file, write_text  # noqa: E402
+from src.context import check_output_argument  # noqa: E402  (after the path set-up)
+from src.files import write_text  # noqa: E402
 
 RESULT_TAG = "OPTION_RESULT "
 OPTIONS = {
@@ -56,10 +56,7 @@ def parse_args(argv=None):
     unknown = [o for o in args.options.split(",") if o not in OPTIONS]
     if unknown:
         parser.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
-    try:
-        check_output_file(args.json, "--json")
-    except UserError as err:
-        parser.error(str(err))
+    check_output_argument(parser, args.json, "--json")
     from src.wavemlp_20_3 import MODELS
 
     if args.model not in MODELS:

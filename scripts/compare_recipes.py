@@ -23,8 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from src.config import DEFAULTS  # noqa: E402  (after the path set-up)
-from src.context import UserError  # noqa: E402
-from src.files import check_output_file, write_text  # noqa: E402
+from src.context import check_output_argument  # noqa: E402
+from src.files import write_text  # noqa: E402
 
 
 def parse_option(text):
@@ -56,10 +56,7 @@ def parse_args(argv=None):
         args.parsed = [(text, parse_option(text)) for text in args.options.split(";")]
     except ValueError as err:
         parser.error(str(err))
-    try:
-        check_output_file(args.json, "--json")
-    except UserError as err:
-        parser.error(str(err))
+    check_output_argument(parser, args.json, "--json")
     return args
 
 

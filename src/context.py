@@ -156,6 +156,16 @@ def cache_dir():
     return os.path.join(base, "bimlp")
 
 
+def check_output_argument(parser, path, flag):
+    """A usage error (exit 2) before any work unless path can be written as a file (files.check_output_file)."""
+    from src.files import check_output_file
+
+    try:
+        check_output_file(path, flag)
+    except UserError as err:
+        parser.error(str(err))
+
+
 def add_model_argument(parser, default):
     """--model names the network variant in every command; the commands that read a checkpoint also
     take it as --checkpoint_nm, the MindSpore model zoo's name for the same flag."""
