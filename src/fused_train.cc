@@ -317,6 +317,27 @@ void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3>
   });
 }
 
+// out[j] = sum over taps t, in order, of in[j + offset[t]] * weight[t], for j in [0, count). A chunk
+// of outputs stays in one vector register while every tap is added (one store per output, not one
+// per tap); `in` must be readable kChunk values past count + max(offset). Written with GCC's vector
+// type because left to itself the compiler vectorizes across the taps, with gathers.
+constexpr int64_t kChunk = 16;
+typedef float Chunk __attribute__((vector_size(kChunk * sizeof(float))));
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));  // LaneSums' lanes, as a vector
+
+void shifted_sum(int64_t count, const float *in, const std::vector<int64_t> &offset, const float *weight,
+                 float *out) {
+  for (int64_t j = 0; j < count; j += kChunk) {
+    Chunk acc = {};
+    for (size_t t = 0; t < offset.size(); ++t) {
+      Chunk p;
+      std::memcpy(&p, in + offset[t] + j, sizeof p);
+      acc = acc + p * weight[t];
+    }
+    std::memcpy(out + j, &acc, std::min(kChunk, count - j) * sizeof(float));
+  }
+}
+
 std::atomic<int64_t> kernel_calls[2];
 
 }  // namespace
@@ -583,36 +604,50 @@ int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *,
   return 0;
 }
 
-// Inputs x, weight, dy; outputs dx (x's shape) and dweight (weight's shape).
+// Inputs x, weight, dy; outputs dx (x's shape) and dweight (weight's shape). dx gathers, for each
+// padded position, the taps that read it; dweight sums per tap in float lanes as LaneSums does,
+// flushed to double after each plane.
 int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
   const float *dy = arg<const float>(params, 2);
   float *dx = arg<float>(params, 3), *dweight = arg<float>(params, 4);
   const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
   const LineLayout l(shapes[0], shapes[1]);
-  const int64_t hw = l.h * l.w;
+  const int64_t hw = l.h * l.w, lead = (l.taps - 1) * l.step;
   parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
-    std::vector<float> padded(l.padded_size(), 0.0f), grad(l.size, 0.0f), dpadded(l.padded_size());
-    std::vector<LaneSums<1>> dw(per_group * l.taps);
+    // grad: dy in the accumulator layout after `lead` zeros, so that padded position p reads tap t's
+    // gradient at p + lead - t * step.
+    std::vector<float> padded(l.padded_size(), 0.0f), grad(lead + l.padded_size() + kChunk, 0.0f);
+    std::vector<float> dpadded(l.padded_size());
+    std::vector<Lanes> lanes(l.taps);
+    std::vector<double> totals(per_group * l.taps, 0.0);
+    std::vector<int64_t> offset;
+    for (int64_t t = 0; t < l.taps; ++t) offset.push_back(lead - t * l.step);
+    const float *g_acc = grad.data() + lead;
     for (int64_t n = 0; n < batch; ++n) {
-      put_acc(l, dy + (n * cout + g) * hw, grad.data());  // columns past w stay 0
+      put_acc(l, dy + (n * cout + g) * hw, grad.data() + lead);  // columns past w stay 0
       for (int64_t i = 0; i < per_group; ++i) {
         pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
-        std::fill(dpadded.begin(), dpadded.end(), 0.0f);
         const float *wt = weight + (g * per_group + i) * l.taps;
-        for (int64_t t = 0; t < l.taps; ++t) {
-          const int64_t shift = t * l.step;
-          const float v = wt[t];
-          float *din = dpadded.data() + shift;
-          const float *in = padded.data() + shift;
-          for (int64_t j = 0; j < l.size; ++j) din[j] += grad[j] * v;
-          dw[i * l.taps + t].add(l.size, [&](int64_t j, float *value) { value[0] = grad[j] * in[j]; });
-        }
+        shifted_sum(l.padded_size(), grad.data(), offset, wt, dpadded.data());
         unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
+        std::fill(lanes.begin(), lanes.end(), Lanes{});
+        int64_t j = 0;
+        for (; j + kLanes <= l.size; j += kLanes) {
+          Lanes grad_j, tap;
+          std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
+          for (int64_t t = 0; t < l.taps; ++t) {
+            std::memcpy(&tap, padded.data() + t * l.step + j, sizeof tap);
+            lanes[t] += grad_j * tap;
+          }
+        }
+        for (; j < l.size; ++j)
+          for (int64_t t = 0; t < l.taps; ++t) lanes[t][0] += g_acc[j] * padded[t * l.step + j];
+        for (int64_t t = 0; t < l.taps; ++t)
+          for (int k = 0; k < kLanes; ++k) totals[i * l.taps + t] += lanes[t][k];
       }
     }
-    for (int64_t k = 0; k < per_group * l.taps; ++k)
-      dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
+    for (int64_t k = 0; k < per_group * l.taps; ++k) dweight[g * per_group * l.taps + k] = static_cast<float>(totals[k]);
   });
   return 0;
 }
