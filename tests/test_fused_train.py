@@ -1,5 +1,7 @@
 """The fused training kernels (src/fused_train.cc): their values and gradients are MindSpore's
 autodiff of the operator chains they replace, and a network trains the same with them."""
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -285,3 +287,60 @@ def test_the_blocks_mixing_sums():
     weights = Tensor(np.random.RandomState(24).uniform(0, 1, (3, 3, 4)).astype(np.float32))
     check_chain(lambda kernels, *inputs: fused.mix3(kernels, True, *inputs), lambda: [], [x, a, b, c, weights],
                 [shape])
+
+
+KERNEL_THREADS_SCRIPT = r"""
+import ctypes, os, sys, threading
+import numpy as np
+
+library = ctypes.CDLL(sys.argv[1])
+
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def move_binarize(x, bias):
+    t, q = np.empty_like(x), np.empty_like(x)
+    arrays = [x, bias, t, q]
+    shapes = [np.array(a.shape, np.int64) for a in arrays]
+    params = (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays])
+    pointers = (ctypes.POINTER(ctypes.c_int64) * 4)(*[s.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for s in shapes])
+    assert library.MoveBinarizeTrain(4, params, None, pointers, None, None, None) == 0
+    return t, q
+
+
+x = np.random.RandomState(0).standard_normal((16, 64, 14, 14)).astype(np.float32)
+bias = np.linspace(-1, 1, 64).astype(np.float32)
+before = threads()
+first = move_binarize(x, bias)
+kept = threads()
+for _ in range(5):
+    again = move_binarize(x, bias)
+    assert all((a == b).all() for a, b in zip(first, again))
+results = []
+callers = [threading.Thread(target=lambda: results.append([move_binarize(x, bias) for _ in range(20)])) for _ in range(3)]
+for caller in callers:
+    caller.start()
+for caller in callers:
+    caller.join()
+assert all((a == b).all() for calls in results for pair in calls for a, b in zip(first, pair))
+print(before, kept, threads())
+"""
+
+
+def test_kernel_threads_are_kept_between_calls_and_shared_safely(tmp_path):
+    """With BIMLP_KERNEL_THREADS=3 the first kernel call starts two workers that stay for the next
+    calls (a thread per call cost ~50 us); calls from several threads at once, which find the workers
+    busy, compute the same values on their own thread."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(KERNEL_THREADS_SCRIPT)
+    env = dict(os.environ, BIMLP_KERNEL_THREADS="3")
+    proc = subprocess.run([sys.executable, str(script), fused.library_path()], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    before, kept, after = map(int, proc.stdout.split())
+    assert kept == before + 2 and after == kept, (before, kept, after)
