@@ -226,6 +226,8 @@ class TrainKernels(nn.Cell):
         bn_act_grad = _kernel("BnActTrainGrad", _bn_act_grads(1, 1), _floats(6))
         bn_act_add_grad = _kernel("BnActAddTrainGrad", _bn_act_grads(2, 2), _floats(7))
         bn_act_group_mean_grad = _kernel("BnActGroupMeanTrainGrad", _bn_act_grads(2, 2), _floats(7))
+        bn_act_add_binarize_grad = _kernel("BnActAddBinarizeTrainGrad", lambda *s: _bn_act_grads(2, 2)(*s) + (s[2],),
+                                           _floats(8))
         move_grad = _kernel("MoveBinarizeTrainGrad", lambda *s: (s[0], _channels_of(*s)), _floats(2))
         phase_grad = _kernel("PhaseMoveTrainGrad", lambda *s: (s[0], s[0], (2 * s[0][1],)), _floats(3))
         pool4_grad = _kernel("Pool4TrainGrad", lambda *s: s[0], _same_dtype)
@@ -241,6 +243,12 @@ class TrainKernels(nn.Cell):
                 da, ds, dgamma, dbeta, db1, dw, db2 = grad(a, s, gamma, beta, b1, w, b2, out[1], out[2], dout[0])
                 return da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
             return bprop
+
+        def bn_act_add_binarize_bprop(a, s, gamma, beta, b1, w, b2, next_bias, out, dout):
+            da, ds, dgamma, dbeta, db1, dw, db2, dnext = bn_act_add_binarize_grad(
+                a, s, gamma, beta, b1, w, b2, next_bias, out[1], out[2], dout[0], dout[3])
+            return (da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape),
+                    dnext.reshape(next_bias.shape))
 
         def move_bprop(x, bias, out, dout):
             dx, dbias = move_grad(out[0], dout[0], dout[1])
@@ -265,6 +273,9 @@ class TrainKernels(nn.Cell):
                                             shortcut_bprop(bn_act_add_grad))
         self.bn_act_group_mean = _kernel_with_grad("BnActGroupMeanTrain", _bn_act_outputs(2), _floats(3),
                                                    shortcut_bprop(bn_act_group_mean_grad))
+        self.bn_act_add_binarize = _kernel_with_grad("BnActAddBinarizeTrain",
+                                                     lambda *s: _bn_act_outputs(2)(*s) + (s[0],), _floats(4),
+                                                     bn_act_add_binarize_bprop)
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
         self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
@@ -311,9 +322,25 @@ def norm_act(kernels, bn, act, a, shortcut=None):
 
 
 def _train_norm_act(kernel, bn, act, *inputs):
-    y, mean, var = kernel(*inputs, bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias)
-    _update_moving_statistics(bn, mean, var, y.shape[0] * y.shape[2] * y.shape[3])
-    return y
+    return _train_norm_act_outputs(kernel, bn, act, inputs)[0]
+
+
+def _train_norm_act_outputs(kernel, bn, act, inputs, extra=()):
+    """The kernel's outputs (y, mean, var[, q]), the moving statistics updated from mean and var."""
+    outputs = kernel(*inputs, bn.gamma, bn.beta, act.move1.bias, act.act.w, act.move2.bias, *extra)
+    y = outputs[0]
+    _update_moving_statistics(bn, outputs[1], outputs[2], y.shape[0] * y.shape[2] * y.shape[3])
+    return outputs
+
+
+def norm_act_fc(kernels, bn, act, move, conv, a, shortcut):
+    """(h, conv(move(h))) for h = act(bn(a) + shortcut); in training the kernel binarizes move(h) where it
+    computes h, and takes the quantizer's gradient into h's."""
+    if not training(kernels) or not conv.binary_input:
+        h = norm_act(kernels, bn, act, a, shortcut)
+        return h, binary_fc(kernels, move, conv, h)
+    outputs = _train_norm_act_outputs(kernels.bn_act_add_binarize, bn, act, (a, shortcut), (move.bias,))
+    return outputs[0], conv.convolve(outputs[3])
 
 
 def norm_act_of_shortcut(kernels, bn, act, shortcut, x):

@@ -151,14 +151,18 @@ ShortcutRows<kShortcut> shortcut_rows(void **params, int64_t **shapes, const Cha
   return {arg<const float>(params, 1), channels / d.out.c, d.out.hw, channels};
 }
 
-// Forward of act(bn(a) [+ shortcut]); outputs y, the batch mean and the biased batch variance.
-template <Shortcut kShortcut>
+// Forward of act(bn(a) [+ shortcut]); outputs y, the batch mean and the biased batch variance. With
+// kBinarize the next layer's input too, q = rint(clip(y + next_bias, -1, 1)) (its LearnableBias and
+// 1-bit quantizer), as a fourth output: y is not read again to binarize it.
+template <Shortcut kShortcut, bool kBinarize = false>
 int bn_act_forward(void **params, int64_t **shapes) {
   const float *a = arg<const float>(params, 0);
   const int first = kShortcut == Shortcut::kNone ? 1 : 2;
   const RPReLUParams k = rprelu_params(params, first);
-  float *y = arg<float>(params, first + 5), *mean_out = arg<float>(params, first + 6);
-  float *var_out = arg<float>(params, first + 7);
+  const float *next_bias = kBinarize ? arg<const float>(params, first + 5) : nullptr;
+  const int out = first + 5 + kBinarize;
+  float *y = arg<float>(params, out), *mean_out = arg<float>(params, out + 1), *var_out = arg<float>(params, out + 2);
+  float *q = kBinarize ? arg<float>(params, out + 3) : nullptr;
   const ChainDims d = chain_dims<kShortcut>(shapes);
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
   const int64_t copies = d.out.c / d.in.c;
@@ -172,15 +176,18 @@ int bn_act_forward(void **params, int64_t **shapes) {
       var_out[c] = static_cast<float>(var);
       const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
       const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+      const float nb = kBinarize ? next_bias[c] : 0.0f;
       for (int64_t n = 0; n < d.out.n; ++n) {
         const float *in = a + d.in.at(n, source);
         const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
-        float *out = y + d.out.at(n, c);
+        float *y_row = y + d.out.at(n, c), *q_row = kBinarize ? q + d.out.at(n, c) : nullptr;
         for (int64_t i = 0; i < d.out.hw; ++i) {
           float u = (in[i] - m) * scale + beta;
           if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
           u = u + b1;
-          out[i] = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+          const float value = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
+          y_row[i] = value;
+          if (kBinarize) q_row[i] = binarize(value + nb);
         }
       }
     }
@@ -188,21 +195,27 @@ int bn_act_forward(void **params, int64_t **shapes) {
   return 0;
 }
 
-// Backward of bn_act_forward: inputs a, [s or h,] gamma, beta, b1, w, b2, mean, var, dy;
-// outputs da, [ds or dh,] dgamma, dbeta, db1, dw, db2. A tiled input's gradient is the sum of its
-// copies' gradients, so the channels are split among threads by input channel.
-template <Shortcut kShortcut>
+// Backward of bn_act_forward: inputs a, [s or h,] gamma, beta, b1, w, b2, [next_bias,] mean, var, dy,
+// [dq]; outputs da, [ds or dh,] dgamma, dbeta, db1, dw, db2, [dnext_bias]. y's gradient is dy plus,
+// with kBinarize, dq through the quantizer's straight-through estimator (y recomputed from u). A tiled
+// input's gradient is the sum of its copies' gradients, so the channels are split among threads by
+// input channel.
+template <Shortcut kShortcut, bool kBinarize = false>
 int bn_act_backward(void **params, int64_t **shapes) {
   const float *a = arg<const float>(params, 0);
   const bool has_shortcut = kShortcut != Shortcut::kNone;
   const int first = has_shortcut ? 2 : 1;
   const RPReLUParams k = rprelu_params(params, first);
-  const float *mean_in = arg<const float>(params, first + 5), *var_in = arg<const float>(params, first + 6);
-  const float *dy = arg<const float>(params, first + 7);
-  int out = first + 8;
+  const float *next_bias = kBinarize ? arg<const float>(params, first + 5) : nullptr;
+  const int stats = first + 5 + kBinarize;
+  const float *mean_in = arg<const float>(params, stats), *var_in = arg<const float>(params, stats + 1);
+  const float *dy = arg<const float>(params, stats + 2);
+  const float *dq = kBinarize ? arg<const float>(params, stats + 3) : nullptr;
+  int out = stats + 3 + kBinarize;
   float *da = arg<float>(params, out++), *ds = has_shortcut ? arg<float>(params, out++) : nullptr;
   float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
   float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
+  float *dnext_bias = kBinarize ? arg<float>(params, out + 5) : nullptr;
   const ChainDims d = chain_dims<kShortcut>(shapes);
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
   const int64_t copies = d.out.c / d.in.c;
@@ -214,11 +227,14 @@ int bn_act_backward(void **params, int64_t **shapes) {
       const float m = mean_in[c], gamma = k.gamma[c];
       const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
       const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
-      const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c];
-      // Pass 1: dz = dy * prelu'(u), and the channel sums of dz, dz * xhat, dy and dy * min(u, 0).
-      LaneSums<4> sums;
+      const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+      const float nb = kBinarize ? next_bias[c] : 0.0f;
+      // Pass 1: with g = y's gradient, dz = g * prelu'(u), and the channel sums of dz, dz * xhat, g,
+      // g * min(u, 0) [and of the quantizer's gradient, for the next bias].
+      LaneSums<kBinarize ? 5 : 4> sums;
       for (int64_t n = 0; n < d.out.n; ++n) {
-        const float *in = a + d.in.at(n, source), *g = dy + d.out.at(n, c);
+        const float *in = a + d.in.at(n, source), *gy = dy + d.out.at(n, c);
+        const float *gq = kBinarize ? dq + d.out.at(n, c) : nullptr;
         const float *s = has_shortcut ? shortcut.row(n, c) : nullptr;
         float *dz = dz_of.data() + n * d.out.hw;
         sums.add(d.out.hw, [&](int64_t i, float *v) {
@@ -226,11 +242,17 @@ int bn_act_backward(void **params, int64_t **shapes) {
           float u = (in[i] - m) * scale + beta;
           if (has_shortcut) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
           u = u + b1;
-          dz[i] = u > 0.0f ? g[i] : g[i] * w;
+          float g = gy[i];
+          if constexpr (kBinarize) {
+            const float through = gq[i] * ste((std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2 + nb);
+            g = g + through;
+            v[4] = through;
+          }
+          dz[i] = u > 0.0f ? g : g * w;
           v[0] = dz[i];
           v[1] = dz[i] * xhat;
-          v[2] = g[i];
-          v[3] = g[i] * std::min(u, 0.0f);
+          v[2] = g;
+          v[3] = g * std::min(u, 0.0f);
         });
       }
       const double sum_dz = sums.total(0), sum_dz_xhat = sums.total(1);
@@ -263,6 +285,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
       db1[c] = static_cast<float>(sum_dz);
       dw[c] = static_cast<float>(sums.total(3));
       db2[c] = static_cast<float>(sums.total(2));
+      if constexpr (kBinarize) dnext_bias[c] = static_cast<float>(sums.total(4));
     }
   });
   return 0;
@@ -359,6 +382,11 @@ int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, vo
   return bn_act_forward<Shortcut::kAdd>(params, shapes);
 }
 
+int BnActAddBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  return bn_act_forward<Shortcut::kAdd, true>(params, shapes);
+}
+
 int BnActGroupMeanTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   return bn_act_forward<Shortcut::kGroupMean>(params, shapes);
@@ -370,6 +398,10 @@ int BnActTrainGrad(int, void **params, int *, int64_t **shapes, const char **, v
 
 int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   return bn_act_backward<Shortcut::kAdd>(params, shapes);
+}
+
+int BnActAddBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<Shortcut::kAdd, true>(params, shapes);
 }
 
 int BnActGroupMeanTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {

@@ -15,8 +15,8 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops.operations._grad_ops import BiasAddGrad, ReluGrad
 
 from src import fused as fused_kernels
-from src.fused import (binary_fc, channel_scale, mix3, norm_act, norm_act_of_shortcut, norm_act_plus_shortcut,
-                       phase_branch, pool4, residual_fc, sum4, wave_mix)
+from src.fused import (binary_fc, channel_scale, mix3, norm_act, norm_act_fc, norm_act_of_shortcut,
+                       norm_act_plus_shortcut, phase_branch, pool4, residual_fc, sum4, wave_mix)
 from src import weight_cache
 from src.dataset import DEFAULT_IMAGE_SIZE
 from src.drop_path import DropPath
@@ -175,13 +175,12 @@ class Mlp(nn.Cell):
             return self.construct_fused(x)
         k = self.train_kernels if self.training else None
         s1 = norm_act_of_shortcut(k, self.norm0, self.act1, self.shortcut1, x)
-        h = norm_act(k, self.norm1, self.act2, binary_fc(k, self.move1, self.fc1, x), s1)
-        return norm_act_plus_shortcut(k, self.norm2, self.act3, self.shortcut2,
-                                      binary_fc(k, self.move2, self.fc2, h), h)
+        h, a = norm_act_fc(k, self.norm1, self.act2, self.move2, self.fc2, binary_fc(k, self.move1, self.fc1, x), s1)
+        return norm_act_plus_shortcut(k, self.norm2, self.act3, self.shortcut2, a, h)
 
     def construct_fused(self, x):
-        """The forward above in three kernels around the two FCs: the inference kernels also
-        binarize fc2's input where they compute it, which the training kernels do not yet do."""
+        """The forward above in three inference kernels around the two FCs (they also read x's copies
+        for the tiling shortcut in place and average the groups of the other one)."""
         k = self.kernels
         a = self.fc1.conv_binarized(x, self.move1.bias, k)
         h, h_q = k.bn_act_tiled_binarize(a, x, *fused_kernels.bn_act_params(self.norm0, self.act1),

@@ -126,6 +126,24 @@ def test_batch_norm_plus_an_averaging_shortcut(shape):
                 [data(shape, 1, 2.0), data(wide, 2)], [shape])
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (40, 3, 2, 2)])
+def test_batch_norm_then_the_next_binary_layer(shape):
+    """(h, fc(move(h))) for h = act(bn(a) + s): the kernel binarizes move(h) where it computes h and
+    adds the quantizer's straight-through gradient to h's."""
+    def cells():
+        move = LearnableBias(shape[1])
+        move.bias.set_data(data((1, shape[1], 1, 1), 5, 0.3))
+        conv = QuanConv(shape[1], 4, 1)
+        conv.weight.set_data(data(conv.weight.shape, 30, 0.5))
+        return bn_and_act(shape[1], 3) + [move, conv]
+
+    inputs = [data(shape, 1, 2.0), data(shape, 2)]
+    check_chain(fused.norm_act_fc, cells, inputs, [shape, (shape[0], 4, *shape[2:])])
+    before = fused.kernel_calls()["training"]
+    fused.norm_act_fc(fused.TrainKernels(), *cells(), *inputs)
+    assert fused.kernel_calls()["training"] == before + 1, "not one kernel for the batch norm and the binarization"
+
+
 class UnusedShortcut(UniShortcut):
     def construct(self, x):
         raise AssertionError("the uni-shortcut ran as MindSpore operators")
