@@ -220,8 +220,12 @@ int bn_act_backward(void **params, int64_t **shapes) {
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
   const int64_t copies = d.out.c / d.in.c;
   parallel_for(d.in.c, 4 * copies * d.out.n * d.out.hw, [&](int64_t source) {
-    std::vector<float> dz_of(d.out.n * d.out.hw);
-    std::vector<double> copies_sum(copies > 1 ? d.out.n * d.out.hw : 0);
+    // dz is the shortcut's gradient itself for an added shortcut, else a channel's scratch (kept by
+    // the thread: a fresh vector per channel was zero-filled for nothing).
+    thread_local std::vector<float> scratch;
+    thread_local std::vector<double> copies_sum;
+    scratch.resize(kShortcut == Shortcut::kAdd ? 0 : d.out.n * d.out.hw);
+    copies_sum.resize(copies > 1 ? d.out.n * d.out.hw : 0);
     for (int64_t copy = 0; copy < copies; ++copy) {
       const int64_t c = copy * d.in.c + source;
       const float m = mean_in[c], gamma = k.gamma[c];
@@ -229,6 +233,9 @@ int bn_act_backward(void **params, int64_t **shapes) {
       const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
       const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
       const float nb = kBinarize ? next_bias[c] : 0.0f;
+      auto dz_row = [&](int64_t n) {
+        return kShortcut == Shortcut::kAdd ? ds + d.out.at(n, c) : scratch.data() + n * d.out.hw;
+      };
       // Pass 1: with g = y's gradient, dz = g * prelu'(u), and the channel sums of dz, dz * xhat, g,
       // g * min(u, 0) [and of the quantizer's gradient, for the next bias].
       LaneSums<kBinarize ? 5 : 4> sums;
@@ -236,7 +243,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
         const float *in = a + d.in.at(n, source), *gy = dy + d.out.at(n, c);
         const float *gq = kBinarize ? dq + d.out.at(n, c) : nullptr;
         const float *s = has_shortcut ? shortcut.row(n, c) : nullptr;
-        float *dz = dz_of.data() + n * d.out.hw;
+        float *dz = dz_row(n);
         sums.add(d.out.hw, [&](int64_t i, float *v) {
           const float xhat = (in[i] - m) * rstd;
           float u = (in[i] - m) * scale + beta;
@@ -261,7 +268,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
       // Pass 2: da = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)), summed over a tiled
       // input's copies in double; the shortcut's gradient.
       for (int64_t n = 0; n < d.out.n; ++n) {
-        const float *in = a + d.in.at(n, source), *dz = dz_of.data() + n * d.out.hw;
+        const float *in = a + d.in.at(n, source), *dz = dz_row(n);
         float *grad = da + d.in.at(n, source);
         double *total = copies > 1 ? copies_sum.data() + n * d.out.hw : nullptr;
         for (int64_t i = 0; i < d.out.hw; ++i) {
@@ -273,7 +280,6 @@ int bn_act_backward(void **params, int64_t **shapes) {
             if (copy == copies - 1) grad[i] = static_cast<float>(total[i]);
           }
         }
-        if (kShortcut == Shortcut::kAdd) std::copy(dz, dz + d.out.hw, ds + d.out.at(n, c));
         if (kShortcut == Shortcut::kGroupMean) {
           float *dh = ds + (shortcut.row(n, c) - shortcut.s);
           for (int64_t g = 0; g < shortcut.group; ++g)
