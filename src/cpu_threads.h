@@ -1,14 +1,14 @@
 // Splitting a kernel's work across the CPU's cores, shared by the kernel sources of src/.
 #pragma once
 
+#include <pthread.h>
 #include <sched.h>
-#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
-#include <functional>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -36,27 +36,38 @@ constexpr int64_t kMinWorkPerThread = 1 << 15;
 // worker that wakes late leaves its part to the caller rather than making it wait.
 class Workers {
  public:
-  // The process's workers; a forked child (a data-loader process) gets its own.
+  using Part = void (*)(void *context, int64_t part);
+
+  // The process's workers; a forked child (a data-loader process) starts its own if it needs them.
   static Workers &get() {
-    static Workers *workers = nullptr;
-    static pid_t owner = 0;
-    static std::mutex creating;
-    std::lock_guard<std::mutex> lock(creating);
-    if (workers == nullptr || owner != getpid()) {
+    static const bool forks_handled = pthread_atfork([] { creating().lock(); }, [] { creating().unlock(); },
+                                                     [] {
+                                                       instance().store(nullptr);
+                                                       creating().unlock();
+                                                     }) == 0;
+    (void)forks_handled;
+    Workers *workers = instance().load(std::memory_order_acquire);
+    if (workers != nullptr) return *workers;
+    std::lock_guard<std::mutex> lock(creating());
+    workers = instance().load();
+    if (workers == nullptr) {
       workers = new Workers(kernel_threads() - 1);  // never destroyed: workers may outlive exit handlers
-      owner = getpid();
+      instance().store(workers, std::memory_order_release);
     }
     return *workers;
   }
 
-  // Runs part(p) for p in [0, parts) and returns when all are done; false (nothing run) when another
-  // call holds the workers.
-  bool run(int64_t parts, const std::function<void(int64_t)> &part) {
+  // Runs part(context, p) for p in [0, parts) and returns when all are done; false (nothing run) when
+  // another call holds the workers, or when called from a part of a running call. A part that throws
+  // ends the process, as it would on a thread of its own.
+  bool run(int64_t parts, Part part, void *context) {
+    if (inside_part()) return false;
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      part_ = &part;
+      part_ = part;
+      context_ = context;
       parts_ = parts;
       next_ = 0;
       unfinished_ = parts;
@@ -80,6 +91,21 @@ class Workers {
     }
   }
 
+  static std::atomic<Workers *> &instance() {
+    static std::atomic<Workers *> workers{nullptr};
+    return workers;
+  }
+
+  static std::mutex &creating() {
+    static std::mutex mutex;
+    return mutex;
+  }
+
+  static bool &inside_part() {
+    thread_local bool inside = false;
+    return inside;
+  }
+
   void serve() {
     int64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
@@ -91,11 +117,13 @@ class Workers {
   }
 
   // Runs parts not yet taken, the lock released while each runs.
-  void take_parts(std::unique_lock<std::mutex> &lock) {
+  void take_parts(std::unique_lock<std::mutex> &lock) noexcept {
     while (next_ < parts_) {
       const int64_t p = next_++;
       lock.unlock();
-      (*part_)(p);
+      inside_part() = true;
+      part_(context_, p);
+      inside_part() = false;
       lock.lock();
       if (--unfinished_ == 0) finished_.notify_all();
     }
@@ -104,7 +132,8 @@ class Workers {
   std::mutex busy_;   // held by the one call using the workers
   std::mutex mutex_;  // guards the fields below
   std::condition_variable start_, finished_;
-  const std::function<void(int64_t)> *part_ = nullptr;
+  Part part_ = nullptr;
+  void *context_ = nullptr;
   int64_t parts_ = 0, next_ = 0, unfinished_ = 0, generation_ = 0;
 };
 
@@ -115,10 +144,15 @@ template <typename Body>
 void parallel_for(int64_t count, int64_t work_per_item, Body body) {
   const int64_t by_work = std::max<int64_t>(1, count * work_per_item / kMinWorkPerThread);
   const int64_t threads = std::min<int64_t>({kernel_threads(), count, by_work});
-  if (threads <= 1 || !Workers::get().run(threads, [&](int64_t t) {
-        body(count * t / threads, count * (t + 1) / threads);
-      }))
-    body(0, count);
+  struct Split {
+    Body &body;
+    int64_t count, threads;
+    static void part(void *context, int64_t t) {
+      const Split &split = *static_cast<Split *>(context);
+      split.body(split.count * t / split.threads, split.count * (t + 1) / split.threads);
+    }
+  } split{body, count, threads};
+  if (threads <= 1 || !Workers::get().run(threads, &Split::part, &split)) body(0, count);
 }
 
 }  // namespace bimlp

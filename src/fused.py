@@ -30,7 +30,8 @@ HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
-FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC",
+         "-pthread"]
 
 _library = {}
 
@@ -202,6 +203,12 @@ def _bn_act_grads(inputs, gamma):
     return lambda *shapes: tuple(shapes[:inputs]) + (shapes[gamma],) * 5
 
 
+def _bn_act_binarize_outputs(*shapes):
+    """y, mean, variance of a batch-norm chain with a shortcut, then the binarized next input (y's shape)."""
+    outputs = _bn_act_outputs(2)(*shapes)
+    return outputs + (outputs[0],)
+
+
 def _phase_outputs(*shapes):
     n, c, h, w = shapes[0]
     return (n, 2 * c, h, w), shapes[0], shapes[0], shapes[0]
@@ -273,8 +280,7 @@ class TrainKernels(nn.Cell):
                                             shortcut_bprop(bn_act_add_grad))
         self.bn_act_group_mean = _kernel_with_grad("BnActGroupMeanTrain", _bn_act_outputs(2), _floats(3),
                                                    shortcut_bprop(bn_act_group_mean_grad))
-        self.bn_act_add_binarize = _kernel_with_grad("BnActAddBinarizeTrain",
-                                                     lambda *s: _bn_act_outputs(2)(*s) + (s[0],), _floats(4),
+        self.bn_act_add_binarize = _kernel_with_grad("BnActAddBinarizeTrain", _bn_act_binarize_outputs, _floats(4),
                                                      bn_act_add_binarize_bprop)
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
         self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)

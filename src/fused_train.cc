@@ -197,9 +197,10 @@ int bn_act_forward(void **params, int64_t **shapes) {
 
 // Backward of bn_act_forward: inputs a, [s or h,] gamma, beta, b1, w, b2, [next_bias,] mean, var, dy,
 // [dq]; outputs da, [ds or dh,] dgamma, dbeta, db1, dw, db2, [dnext_bias]. y's gradient is dy plus,
-// with kBinarize, dq through the quantizer's straight-through estimator (y recomputed from u). A tiled
-// input's gradient is the sum of its copies' gradients, so the channels are split among threads by
-// input channel.
+// with kBinarize, dq through the quantizer's straight-through estimator (y recomputed from u; u comes
+// from the stored float32 variance and may differ from the forward's in the last bit, which moves a
+// mask only for a value within a rounding of its edge). A tiled input's gradient is the sum of its
+// copies' gradients, so the channels are split among threads by input channel.
 template <Shortcut kShortcut, bool kBinarize = false>
 int bn_act_backward(void **params, int64_t **shapes) {
   const float *a = arg<const float>(params, 0);
@@ -685,7 +686,8 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
           for (int k = 0; k < kLanes; ++k) totals[i * l.taps + t] += lanes[t][k];
       }
     }
-    for (int64_t k = 0; k < per_group * l.taps; ++k) dweight[g * per_group * l.taps + k] = static_cast<float>(totals[k]);
+    for (int64_t k = 0; k < per_group * l.taps; ++k)
+      dweight[g * per_group * l.taps + k] = static_cast<float>(totals[k]);
   });
   return 0;
 }

@@ -1,6 +1,8 @@
 """The fused training kernels (src/fused_train.cc): their values and gradients are MindSpore's
 autodiff of the operator chains they replace, and a network trains the same with them."""
 import os
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -337,23 +339,32 @@ for _ in range(5):
     again = move_binarize(x, bias)
     assert all((a == b).all() for a, b in zip(first, again))
 results = []
-callers = [threading.Thread(target=lambda: results.append([move_binarize(x, bias) for _ in range(20)])) for _ in range(3)]
+
+
+def call_often():
+    results.append([move_binarize(x, bias) for _ in range(20)])
+
+
+callers = [threading.Thread(target=call_often) for _ in range(3)]
 for caller in callers:
     caller.start()
 for caller in callers:
     caller.join()
 assert all((a == b).all() for calls in results for pair in calls for a, b in zip(first, pair))
-print(before, kept, threads())
+after = threads()
+child = os.fork()
+if child == 0:  # a child process (as a data loader forks) starts its own workers
+    os._exit(0 if all((a == b).all() for a, b in zip(first, move_binarize(x, bias))) and threads() == kept - before + 1
+             else 1)
+assert os.waitpid(child, 0)[1] == 0, "the forked child computed wrong values or kept no workers"
+print(before, kept, after)
 """
 
 
 def test_kernel_threads_are_kept_between_calls_and_shared_safely(tmp_path):
     """With BIMLP_KERNEL_THREADS=3 the first kernel call starts two workers that stay for the next
     calls (a thread per call cost ~50 us); calls from several threads at once, which find the workers
-    busy, compute the same values on their own thread."""
-    import subprocess
-    import sys
-
+    busy, compute the same values on their own thread; a forked child starts workers of its own."""
     script = tmp_path / "threads.py"
     script.write_text(KERNEL_THREADS_SCRIPT)
     env = dict(os.environ, BIMLP_KERNEL_THREADS="3")
