@@ -203,8 +203,8 @@ def _bn_act_grads(inputs, gamma):
     return lambda *shapes: tuple(shapes[:inputs]) + (shapes[gamma],) * 5
 
 
-def _bn_act_binarize_outputs(*shapes):
-    """y, mean, variance of a batch-norm chain with a shortcut, then the binarized next input (y's shape)."""
+def _bn_act_next_outputs(*shapes):
+    """y, mean, variance of a batch-norm chain with a shortcut, then the next layer's input (y's shape)."""
     outputs = _bn_act_outputs(2)(*shapes)
     return outputs + (outputs[0],)
 
@@ -233,8 +233,6 @@ class TrainKernels(nn.Cell):
         bn_act_grad = _kernel("BnActTrainGrad", _bn_act_grads(1, 1), _floats(6))
         bn_act_add_grad = _kernel("BnActAddTrainGrad", _bn_act_grads(2, 2), _floats(7))
         bn_act_group_mean_grad = _kernel("BnActGroupMeanTrainGrad", _bn_act_grads(2, 2), _floats(7))
-        bn_act_add_binarize_grad = _kernel("BnActAddBinarizeTrainGrad", lambda *s: _bn_act_grads(2, 2)(*s) + (s[2],),
-                                           _floats(8))
         move_grad = _kernel("MoveBinarizeTrainGrad", lambda *s: (s[0], _channels_of(*s)), _floats(2))
         phase_grad = _kernel("PhaseMoveTrainGrad", lambda *s: (s[0], s[0], (2 * s[0][1],)), _floats(3))
         pool4_grad = _kernel("Pool4TrainGrad", lambda *s: s[0], _same_dtype)
@@ -251,11 +249,16 @@ class TrainKernels(nn.Cell):
                 return da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape)
             return bprop
 
-        def bn_act_add_binarize_bprop(a, s, gamma, beta, b1, w, b2, next_bias, out, dout):
-            da, ds, dgamma, dbeta, db1, dw, db2, dnext = bn_act_add_binarize_grad(
-                a, s, gamma, beta, b1, w, b2, next_bias, out[1], out[2], dout[0], dout[3])
-            return (da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape),
-                    dnext.reshape(next_bias.shape))
+        def next_input_kernel(name):
+            """A batch-norm chain with a shortcut that also computes the next layer's input."""
+            grad = _kernel(f"{name}Grad", lambda *s: _bn_act_grads(2, 2)(*s) + (s[2],), _floats(8))
+
+            def bprop(a, s, gamma, beta, b1, w, b2, next_bias, out, dout):
+                da, ds, dgamma, dbeta, db1, dw, db2, dnext = grad(a, s, gamma, beta, b1, w, b2, next_bias, out[1],
+                                                                  out[2], dout[0], dout[3])
+                return (da, ds, dgamma, dbeta, db1.reshape(b1.shape), dw.reshape(w.shape), db2.reshape(b2.shape),
+                        dnext.reshape(next_bias.shape))
+            return _kernel_with_grad(name, _bn_act_next_outputs, _floats(4), bprop)
 
         def move_bprop(x, bias, out, dout):
             dx, dbias = move_grad(out[0], dout[0], dout[1])
@@ -280,8 +283,8 @@ class TrainKernels(nn.Cell):
                                             shortcut_bprop(bn_act_add_grad))
         self.bn_act_group_mean = _kernel_with_grad("BnActGroupMeanTrain", _bn_act_outputs(2), _floats(3),
                                                    shortcut_bprop(bn_act_group_mean_grad))
-        self.bn_act_add_binarize = _kernel_with_grad("BnActAddBinarizeTrain", _bn_act_binarize_outputs, _floats(4),
-                                                     bn_act_add_binarize_bprop)
+        self.bn_act_add_move = next_input_kernel("BnActAddMoveTrain")
+        self.bn_act_add_binarize = next_input_kernel("BnActAddBinarizeTrain")
         self.move_binarize = _kernel_with_grad("MoveBinarizeTrain", _same_shape_twice, _dtype_twice, move_bprop)
         self.phase_move = _kernel_with_grad("PhaseMoveTrain", _phase_outputs, _floats(4), phase_bprop)
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
@@ -340,12 +343,13 @@ def _train_norm_act_outputs(kernel, bn, act, inputs, extra=()):
 
 
 def norm_act_fc(kernels, bn, act, move, conv, a, shortcut):
-    """(h, conv(move(h))) for h = act(bn(a) + shortcut); in training the kernel binarizes move(h) where it
-    computes h, and takes the quantizer's gradient into h's."""
-    if not training(kernels) or not conv.binary_input:
+    """(h, conv(move(h))) for h = act(bn(a) + shortcut); in training the kernel computes move(h), binarized
+    for a binary conv, where it computes h, and takes its gradient into h's."""
+    if not training(kernels) or not (conv.binary_input or conv.float_input):
         h = norm_act(kernels, bn, act, a, shortcut)
         return h, binary_fc(kernels, move, conv, h)
-    outputs = _train_norm_act_outputs(kernels.bn_act_add_binarize, bn, act, (a, shortcut), (move.bias,))
+    kernel = kernels.bn_act_add_binarize if conv.binary_input else kernels.bn_act_add_move
+    outputs = _train_norm_act_outputs(kernel, bn, act, (a, shortcut), (move.bias,))
     return outputs[0], conv.convolve(outputs[3])
 
 

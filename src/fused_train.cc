@@ -151,18 +151,22 @@ ShortcutRows<kShortcut> shortcut_rows(void **params, int64_t **shapes, const Cha
   return {arg<const float>(params, 1), channels / d.out.c, d.out.hw, channels};
 }
 
-// Forward of act(bn(a) [+ shortcut]); outputs y, the batch mean and the biased batch variance. With
-// kBinarize the next layer's input too, q = rint(clip(y + next_bias, -1, 1)) (its LearnableBias and
-// 1-bit quantizer), as a fourth output: y is not read again to binarize it.
-template <Shortcut kShortcut, bool kBinarize = false>
+// What a batch-norm chain also computes for the next layer, from y and that layer's bias: nothing, its
+// input y + next_bias (the float twin), or that input binarized, rint(clip(y + next_bias, -1, 1)).
+enum class Next { kNone, kMoved, kBinarized };
+
+// Forward of act(bn(a) [+ shortcut]); outputs y, the batch mean and the biased batch variance, and
+// the next layer's input (kNext) as a fourth output: y is not read again to compute it.
+template <Shortcut kShortcut, Next kNext = Next::kNone>
 int bn_act_forward(void **params, int64_t **shapes) {
   const float *a = arg<const float>(params, 0);
   const int first = kShortcut == Shortcut::kNone ? 1 : 2;
   const RPReLUParams k = rprelu_params(params, first);
-  const float *next_bias = kBinarize ? arg<const float>(params, first + 5) : nullptr;
-  const int out = first + 5 + kBinarize;
+  constexpr bool kHasNext = kNext != Next::kNone;
+  const float *next_bias = kHasNext ? arg<const float>(params, first + 5) : nullptr;
+  const int out = first + 5 + kHasNext;
   float *y = arg<float>(params, out), *mean_out = arg<float>(params, out + 1), *var_out = arg<float>(params, out + 2);
-  float *q = kBinarize ? arg<float>(params, out + 3) : nullptr;
+  float *q = kHasNext ? arg<float>(params, out + 3) : nullptr;
   const ChainDims d = chain_dims<kShortcut>(shapes);
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
   const int64_t copies = d.out.c / d.in.c;
@@ -176,18 +180,19 @@ int bn_act_forward(void **params, int64_t **shapes) {
       var_out[c] = static_cast<float>(var);
       const float m = static_cast<float>(mean), scale = static_cast<float>(k.gamma[c] / std::sqrt(var + kEps));
       const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
-      const float nb = kBinarize ? next_bias[c] : 0.0f;
+      const float nb = kHasNext ? next_bias[c] : 0.0f;
       for (int64_t n = 0; n < d.out.n; ++n) {
         const float *in = a + d.in.at(n, source);
         const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
-        float *y_row = y + d.out.at(n, c), *q_row = kBinarize ? q + d.out.at(n, c) : nullptr;
+        float *y_row = y + d.out.at(n, c), *q_row = kHasNext ? q + d.out.at(n, c) : nullptr;
         for (int64_t i = 0; i < d.out.hw; ++i) {
           float u = (in[i] - m) * scale + beta;
           if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
           u = u + b1;
           const float value = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
           y_row[i] = value;
-          if (kBinarize) q_row[i] = binarize(value + nb);
+          if (kNext == Next::kMoved) q_row[i] = value + nb;
+          if (kNext == Next::kBinarized) q_row[i] = binarize(value + nb);
         }
       }
     }
@@ -197,26 +202,27 @@ int bn_act_forward(void **params, int64_t **shapes) {
 
 // Backward of bn_act_forward: inputs a, [s or h,] gamma, beta, b1, w, b2, [next_bias,] mean, var, dy,
 // [dq]; outputs da, [ds or dh,] dgamma, dbeta, db1, dw, db2, [dnext_bias]. y's gradient is dy plus,
-// with kBinarize, dq through the quantizer's straight-through estimator (y recomputed from u; u comes
+// with a next input, dq (through the quantizer's straight-through estimator; y recomputed from u; u comes
 // from the stored float32 variance and may differ from the forward's in the last bit, which moves a
-// mask only for a value within a rounding of its edge). A tiled input's gradient is the sum of its
+// mask only for a value within a rounding of its edge)). A tiled input's gradient is the sum of its
 // copies' gradients, so the channels are split among threads by input channel.
-template <Shortcut kShortcut, bool kBinarize = false>
+template <Shortcut kShortcut, Next kNext = Next::kNone>
 int bn_act_backward(void **params, int64_t **shapes) {
   const float *a = arg<const float>(params, 0);
   const bool has_shortcut = kShortcut != Shortcut::kNone;
   const int first = has_shortcut ? 2 : 1;
   const RPReLUParams k = rprelu_params(params, first);
-  const float *next_bias = kBinarize ? arg<const float>(params, first + 5) : nullptr;
-  const int stats = first + 5 + kBinarize;
+  constexpr bool kHasNext = kNext != Next::kNone;
+  const float *next_bias = kHasNext ? arg<const float>(params, first + 5) : nullptr;
+  const int stats = first + 5 + kHasNext;
   const float *mean_in = arg<const float>(params, stats), *var_in = arg<const float>(params, stats + 1);
   const float *dy = arg<const float>(params, stats + 2);
-  const float *dq = kBinarize ? arg<const float>(params, stats + 3) : nullptr;
-  int out = stats + 3 + kBinarize;
+  const float *dq = kHasNext ? arg<const float>(params, stats + 3) : nullptr;
+  int out = stats + 3 + kHasNext;
   float *da = arg<float>(params, out++), *ds = has_shortcut ? arg<float>(params, out++) : nullptr;
   float *dgamma = arg<float>(params, out), *dbeta = arg<float>(params, out + 1), *db1 = arg<float>(params, out + 2);
   float *dw = arg<float>(params, out + 3), *db2 = arg<float>(params, out + 4);
-  float *dnext_bias = kBinarize ? arg<float>(params, out + 5) : nullptr;
+  float *dnext_bias = kHasNext ? arg<float>(params, out + 5) : nullptr;
   const ChainDims d = chain_dims<kShortcut>(shapes);
   const ShortcutRows<kShortcut> shortcut = shortcut_rows<kShortcut>(params, shapes, d);
   const int64_t copies = d.out.c / d.in.c;
@@ -233,16 +239,16 @@ int bn_act_backward(void **params, int64_t **shapes) {
       const double rstd_d = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
       const float rstd = static_cast<float>(rstd_d), scale = static_cast<float>(gamma * rstd_d);
       const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
-      const float nb = kBinarize ? next_bias[c] : 0.0f;
+      const float nb = kHasNext ? next_bias[c] : 0.0f;
       auto dz_row = [&](int64_t n) {
         return kShortcut == Shortcut::kAdd ? ds + d.out.at(n, c) : scratch.data() + n * d.out.hw;
       };
       // Pass 1: with g = y's gradient, dz = g * prelu'(u), and the channel sums of dz, dz * xhat, g,
       // g * min(u, 0) [and of the quantizer's gradient, for the next bias].
-      LaneSums<kBinarize ? 5 : 4> sums;
+      LaneSums<kHasNext ? 5 : 4> sums;
       for (int64_t n = 0; n < d.out.n; ++n) {
         const float *in = a + d.in.at(n, source), *gy = dy + d.out.at(n, c);
-        const float *gq = kBinarize ? dq + d.out.at(n, c) : nullptr;
+        const float *gq = kHasNext ? dq + d.out.at(n, c) : nullptr;
         const float *s = has_shortcut ? shortcut.row(n, c) : nullptr;
         float *dz = dz_row(n);
         sums.add(d.out.hw, [&](int64_t i, float *v) {
@@ -251,8 +257,10 @@ int bn_act_backward(void **params, int64_t **shapes) {
           if (has_shortcut) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
           u = u + b1;
           float g = gy[i];
-          if constexpr (kBinarize) {
-            const float through = gq[i] * ste((std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2 + nb);
+          if constexpr (kHasNext) {
+            const float through = kNext == Next::kMoved
+                                      ? gq[i]
+                                      : gq[i] * ste((std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2 + nb);
             g = g + through;
             v[4] = through;
           }
@@ -292,7 +300,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
       db1[c] = static_cast<float>(sum_dz);
       dw[c] = static_cast<float>(sums.total(3));
       db2[c] = static_cast<float>(sums.total(2));
-      if constexpr (kBinarize) dnext_bias[c] = static_cast<float>(sums.total(4));
+      if constexpr (kHasNext) dnext_bias[c] = static_cast<float>(sums.total(4));
     }
   });
   return 0;
@@ -389,9 +397,14 @@ int BnActAddTrain(int, void **params, int *, int64_t **shapes, const char **, vo
   return bn_act_forward<Shortcut::kAdd>(params, shapes);
 }
 
+int BnActAddMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  return bn_act_forward<Shortcut::kAdd, Next::kMoved>(params, shapes);
+}
+
 int BnActAddBinarizeTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
-  return bn_act_forward<Shortcut::kAdd, true>(params, shapes);
+  return bn_act_forward<Shortcut::kAdd, Next::kBinarized>(params, shapes);
 }
 
 int BnActGroupMeanTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
@@ -407,8 +420,12 @@ int BnActAddTrainGrad(int, void **params, int *, int64_t **shapes, const char **
   return bn_act_backward<Shortcut::kAdd>(params, shapes);
 }
 
+int BnActAddMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return bn_act_backward<Shortcut::kAdd, Next::kMoved>(params, shapes);
+}
+
 int BnActAddBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return bn_act_backward<Shortcut::kAdd, true>(params, shapes);
+  return bn_act_backward<Shortcut::kAdd, Next::kBinarized>(params, shapes);
 }
 
 int BnActGroupMeanTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {

@@ -201,6 +201,7 @@ class QuanConv(nn.Cell):
         self.xnor_weight = quan_name_w == "xnor" and nbit_w == 1
         # The fused kernels' 1-bit quantizer: rint(clip(x, -1, 1)) with the |x| <= 1 STE.
         self.binary_input = quan_name_a in ("xnor", "dorefa") and nbit_a == 1
+        self.float_input = quan_name_a == "fp"
         # Set by src/weight_cache.py when the network caches this layer's binarized weights: wb
         # (exact engine) or, for the xnor engine, its packed sign bits.
         self.binarized_weight = self.xnor_bits = None

@@ -129,13 +129,17 @@ def test_batch_norm_plus_an_averaging_shortcut(shape):
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 7), (40, 3, 2, 2)])
-def test_batch_norm_then_the_next_binary_layer(shape):
-    """(h, fc(move(h))) for h = act(bn(a) + s): the kernel binarizes move(h) where it computes h and
-    adds the quantizer's straight-through gradient to h's."""
+@pytest.mark.parametrize("binary", [True, False])
+def test_batch_norm_then_the_next_layer(shape, binary):
+    """(h, fc(move(h))) for h = act(bn(a) + s): the kernel computes move(h), binarized for a binary fc,
+    where it computes h and adds its gradient (through the quantizer's straight-through estimator)
+    to h's."""
+    scheme = "xnor" if binary else "fp"
+
     def cells():
         move = LearnableBias(shape[1])
         move.bias.set_data(data((1, shape[1], 1, 1), 5, 0.3))
-        conv = QuanConv(shape[1], 4, 1)
+        conv = QuanConv(shape[1], 4, 1, quan_name_w=scheme, quan_name_a=scheme)
         conv.weight.set_data(data(conv.weight.shape, 30, 0.5))
         return bn_and_act(shape[1], 3) + [move, conv]
 
@@ -143,7 +147,7 @@ def test_batch_norm_then_the_next_binary_layer(shape):
     check_chain(fused.norm_act_fc, cells, inputs, [shape, (shape[0], 4, *shape[2:])])
     before = fused.kernel_calls()["training"]
     fused.norm_act_fc(fused.TrainKernels(), *cells(), *inputs)
-    assert fused.kernel_calls()["training"] == before + 1, "not one kernel for the batch norm and the binarization"
+    assert fused.kernel_calls()["training"] == before + 1, "not one kernel for the batch norm and the next input"
 
 
 class UnusedShortcut(UniShortcut):
