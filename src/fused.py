@@ -290,6 +290,7 @@ class TrainKernels(nn.Cell):
         self.pool4 = _kernel_with_grad("Pool4Train", _pool4_outputs, lambda *d: (d[0], ms.int32), pool4_bprop)
         self.wave_mix = _kernel_with_grad("WaveMixTrain", _same_shape, _same_dtype, wave_mix_bprop)
         self.mix3 = _kernel_with_grad("Mix3Train", _same_shape, _same_dtype, mix3_bprop)
+        self.sign_scale = _kernel("SignScale")
         self.line_conv = _kernel("LineConv", lambda x, w: (x[0], w[0], x[2], x[3]))
         self.line_conv_grad = _kernel("LineConvGrad", lambda *s: (s[0], s[1]), _floats(2))
 

@@ -102,12 +102,18 @@ class XnorWeight(_WeightSTE):
         super().__init__()
         self.fast = fast
         self.mean = ops.ReduceMean(keep_dims=True)
+        # Set by BiMLP(fused_training=True): in training, sign and scale as one kernel (the same
+        # values; a step quantizes ~50 weights, and their Sign, BroadcastTo and Mul were 3% of it).
+        self.train_kernels = None
 
     def construct(self, w):
+        scale = self.mean(ops.abs(w), 1)
+        if self.train_kernels is not None and self.training:
+            return self.train_kernels.sign_scale(w, scale)
         if self.fast:
             # Same products; MindSpore's CPU Mul is slow and keeps memory when it broadcasts.
-            return ops.sign(w) * ops.broadcast_to(self.mean(ops.abs(w), 1), w.shape)
-        return ops.sign(w) * self.mean(ops.abs(w), 1)
+            return ops.sign(w) * ops.broadcast_to(scale, w.shape)
+        return ops.sign(w) * scale
 
 
 class BiRealWeight(_WeightSTE):

@@ -7,11 +7,11 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 from src import fused
 from src.grouped_conv import GroupedLineConv
-from src.quan_conv import QuanConv
+from src.quan_conv import QuanConv, XnorWeight
 from src.wavemlp_20_3 import DropPath, LearnableBias, RPReLU, UniShortcut, create_model
 from tests.test_fused import randomize
 
@@ -148,6 +148,32 @@ def test_batch_norm_then_the_next_layer(shape, binary):
     before = fused.kernel_calls()["training"]
     fused.norm_act_fc(fused.TrainKernels(), *cells(), *inputs)
     assert fused.kernel_calls()["training"] == before + 1, "not one kernel for the batch norm and the next input"
+
+
+class ConstantSignScale(nn.Cell):
+    """Training kernels whose sign_scale gives 7 everywhere: shows which path ran."""
+
+    inference = False
+
+    def sign_scale(self, w, scale):
+        return ops.ones_like(w) * 7.0
+
+
+def test_the_weight_quantizer_signs_and_scales_in_one_kernel():
+    """In training with the kernels, sign(W) * mean(|W|) comes from one kernel: the operators' values bit
+    for bit (zeros included), and the kernel is what ran (in eval mode the operators still do)."""
+    w = data((6, 4, 1, 7), 3)
+    w[0, 1, 0, 2] = 0.0
+    quantizer = XnorWeight()
+    quantizer.set_train(True)
+    expected = quantizer(w).asnumpy()
+    quantizer.train_kernels = fused.TrainKernels()
+    np.testing.assert_array_equal(quantizer(w).asnumpy(), expected)
+    quantizer.train_kernels = ConstantSignScale()
+    assert (quantizer(w).asnumpy() == 7.0).all()
+    quantizer.set_train(False)
+    np.testing.assert_array_equal(quantizer(w).asnumpy(), expected)
+    assert create_model("BiMLP_T14", fused_training=True).network[0][0].mlp.fc1.quantize_weight.train_kernels is not None
 
 
 class UnusedShortcut(UniShortcut):
