@@ -63,6 +63,7 @@ RPReLUParams rprelu_params(void **params, int first) {
 // gradients need that precision: when a channel's gradient is nearly affine in its normalized
 // input, its input gradient is a small difference of these sums.
 constexpr int kLanes = 8;
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
 template <int kTerms>
 struct LaneSums {
@@ -86,6 +87,16 @@ struct LaneSums {
     }
     flush();
   }
+
+  // For callers that read a chunk once for several sums (add() computes an element's terms together):
+  // kLanes consecutive values of term t, then a tail value, which goes to the first lane as in add().
+  void add_chunk(int t, const Lanes &values) {
+    Lanes sums;
+    std::memcpy(&sums, lanes[t], sizeof sums);
+    sums += values;
+    std::memcpy(lanes[t], &sums, sizeof sums);
+  }
+  void add_tail(int t, float value) { lanes[t][0] += value; }
 
   void flush() {
     for (int t = 0; t < kTerms; ++t)
@@ -361,7 +372,6 @@ void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3>
 // type because left to itself the compiler vectorizes across the taps, with gathers.
 constexpr int64_t kChunk = 16;
 typedef float Chunk __attribute__((vector_size(kChunk * sizeof(float))));
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));  // LaneSums' lanes, as a vector
 
 void shifted_sum(int64_t count, const float *in, const std::vector<int64_t> &offset, const float *weight,
                  float *out) {
@@ -661,8 +671,7 @@ int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *,
 }
 
 // Inputs x, weight, dy; outputs dx (x's shape) and dweight (weight's shape). dx gathers, for each
-// padded position, the taps that read it; dweight sums per tap in float lanes as LaneSums does,
-// flushed to double after each plane.
+// padded position, the taps that read it; each chunk of dy is read once for every tap's weight sum.
 int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const float *x = arg<const float>(params, 0), *weight = arg<const float>(params, 1);
   const float *dy = arg<const float>(params, 2);
@@ -675,8 +684,7 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
     // gradient at p + lead - t * step.
     std::vector<float> padded(l.padded_size(), 0.0f), grad(lead + l.padded_size() + kChunk, 0.0f);
     std::vector<float> dpadded(l.padded_size());
-    std::vector<Lanes> lanes(l.taps);
-    std::vector<double> totals(per_group * l.taps, 0.0);
+    std::vector<LaneSums<1>> dw(per_group * l.taps);
     std::vector<int64_t> offset;
     for (int64_t t = 0; t < l.taps; ++t) offset.push_back(lead - t * l.step);
     const float *g_acc = grad.data() + lead;
@@ -687,24 +695,23 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
         const float *wt = weight + (g * per_group + i) * l.taps;
         shifted_sum(l.padded_size(), grad.data(), offset, wt, dpadded.data());
         unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
-        std::fill(lanes.begin(), lanes.end(), Lanes{});
+        LaneSums<1> *sums = dw.data() + i * l.taps;
         int64_t j = 0;
         for (; j + kLanes <= l.size; j += kLanes) {
           Lanes grad_j, tap;
           std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
           for (int64_t t = 0; t < l.taps; ++t) {
             std::memcpy(&tap, padded.data() + t * l.step + j, sizeof tap);
-            lanes[t] += grad_j * tap;
+            sums[t].add_chunk(0, grad_j * tap);
           }
         }
         for (; j < l.size; ++j)
-          for (int64_t t = 0; t < l.taps; ++t) lanes[t][0] += g_acc[j] * padded[t * l.step + j];
-        for (int64_t t = 0; t < l.taps; ++t)
-          for (int k = 0; k < kLanes; ++k) totals[i * l.taps + t] += lanes[t][k];
+          for (int64_t t = 0; t < l.taps; ++t) sums[t].add_tail(0, g_acc[j] * padded[t * l.step + j]);
+        for (int64_t t = 0; t < l.taps; ++t) sums[t].flush();
       }
     }
     for (int64_t k = 0; k < per_group * l.taps; ++k)
-      dweight[g * per_group * l.taps + k] = static_cast<float>(totals[k]);
+      dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
   });
   return 0;
 }
