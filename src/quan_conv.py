@@ -106,10 +106,18 @@ class XnorWeight(_WeightSTE):
         # values; a step quantizes ~50 weights, and their Sign, BroadcastTo and Mul were 3% of it).
         self.train_kernels = None
 
+    def scale(self, w):
+        """mean(|W|) over the input channels, shaped (out, 1, kh, kw)."""
+        return self.mean(ops.abs(w), 1)
+
+    def with_kernel(self, kernels, w):
+        """The same values, signed and scaled by the SignScale kernel of `kernels` (training or inference)."""
+        return kernels.sign_scale(w, self.scale(w))
+
     def construct(self, w):
-        scale = self.mean(ops.abs(w), 1)
         if self.train_kernels is not None and self.training:
-            return self.train_kernels.sign_scale(w, scale)
+            return self.with_kernel(self.train_kernels, w)
+        scale = self.scale(w)
         if self.fast:
             # Same products; MindSpore's CPU Mul is slow and keeps memory when it broadcasts.
             return ops.sign(w) * ops.broadcast_to(scale, w.shape)
@@ -228,7 +236,7 @@ class QuanConv(nn.Cell):
             return self.weight
         if self.binarized_weight is not None:
             return weight_cache.cached_weight(self, kernels)
-        return kernels.sign_scale(self.weight, self.quantize_weight.mean(ops.abs(self.weight), 1))
+        return self.quantize_weight.with_kernel(kernels, self.weight)
 
     def conv_quantized(self, xq, kernels):
         """The convolution of an input already quantized by a fused kernel."""

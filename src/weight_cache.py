@@ -102,7 +102,7 @@ class BinarizedWeights:
             if current == self.fingerprints[index]:
                 continue
             weight = layer.weight
-            scale = layer.quantize_weight.mean(ops.abs(weight), 1)
+            scale = layer.quantize_weight.scale(weight)
             binarized = self.kernels.sign_scale(weight, scale)
             if packed:
                 layer.xnor_bits.set_data(Tensor(pack_signs(binarized.asnumpy()[:, :, 0, 0])))
