@@ -97,6 +97,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_images", type=int, default=200, help="JPEGs for the data benchmark (default: 200)")
     parser.add_argument("--min_seconds", type=float, default=20.0,
                         help="time each config for at least this long after warm-up (default: 20)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every config this many times, round-robin, and report each config's "
+                             "median round (default: 1): the machine's speed drifts between processes")
     parser.add_argument("--max_gb", type=float, default=16.0,
                         help="skip upstream-style runs estimated to need more memory (default: 16); any run "
                              "is skipped if its estimate exceeds the memory available when it starts")
@@ -110,6 +113,8 @@ def parse_args(argv=None):
         unknown = [path for path in given.split(",") if path not in known]
         if unknown:
             parser.error(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     from src.context import check_output_argument
 
     check_output_argument(parser, args.json, "--json")
@@ -317,6 +322,15 @@ def run_config(cfg, max_gb):
     return run_worker(cfg) if "error" in result else result
 
 
+def median_round(measured):
+    """The round with the median speed (the lower middle one of an even count), with every round's
+    img/s; the first error if no round measured."""
+    done = sorted((r for r in measured if "img_s" in r), key=lambda r: r["img_s"])
+    if not done:
+        return measured[0]
+    return {**done[(len(done) - 1) // 2], "img_s_rounds": [r["img_s"] for r in done]}
+
+
 def machine():
     cpu = "unknown CPU"
     if os.path.exists("/proc/cpuinfo"):
@@ -357,7 +371,9 @@ def markdown(meta, rows):
     lines = [f"BiMLP CPU benchmark, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
              f"MindSpore {meta['mindspore']}, ONEDNN_MAX_CPU_ISA={meta['onednn_isa']}, GRAPH mode, "
              f"fused kernels' threads: {meta.get('kernel_threads', 'one per core')}, "
-             f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end.", ""]
+             f"load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end"
+             + (f"; each config's median of {meta['rounds']} rounds, run round-robin." if meta["rounds"] > 1 else "."),
+             ""]
     for kind, title in (("eval", "Eval forward, random inputs"),
                         ("train", "Train step (forward + backward + AdamWeightDecay)")):
         chosen = [r for r in rows if r["kind"] == kind]
@@ -391,11 +407,16 @@ def main(argv=None):
     if args.worker:
         return worker(json.loads(args.worker))
     meta = machine()
-    rows = []
-    for cfg in configs(args):
-        print(f"running {cfg}", file=sys.stderr, flush=True)
-        rows.append({**cfg, **run_config(cfg, args.max_gb)})
-        print(f"  -> {rows[-1]}", file=sys.stderr, flush=True)
+    meta["rounds"] = args.rounds
+    chosen = configs(args)
+    results = [[] for _ in chosen]
+    for round_number in range(1, args.rounds + 1):
+        for cfg, measured in zip(chosen, results):
+            print(f"running {cfg}" + (f", round {round_number}/{args.rounds}" if args.rounds > 1 else ""),
+                  file=sys.stderr, flush=True)
+            measured.append(run_config(cfg, args.max_gb))
+            print(f"  -> {measured[-1]}", file=sys.stderr, flush=True)
+    rows = [{**cfg, **median_round(measured)} for cfg, measured in zip(chosen, results)]
     meta["load_end"] = os.getloadavg()[0]
     write_text(args.json, json.dumps({"meta": meta, "results": rows}, indent=1))
     print(markdown(meta, rows))

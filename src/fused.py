@@ -26,7 +26,7 @@ from src.files import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, name) for name in ("fused_cpu.cc", "fused_train.cc", "xnor_cpu.cc")]
-HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.h")]
+HEADERS = [os.path.join(HERE, name) for name in ("fused_common.h", "cpu_threads.h", "pointwise_gemm.h")]
 # Built for this CPU's vector units; no -ffast-math and no contraction into fused
 # multiply-adds, which would change rounding. -fno-trapping-math only lets GCC vectorize
 # min/max chains (floating-point exception flags are not observed); values do not change.
@@ -293,6 +293,9 @@ class TrainKernels(nn.Cell):
         self.sign_scale = _kernel("SignScale")
         self.line_conv = _kernel("LineConv", lambda x, w: (x[0], w[0], x[2], x[3]))
         self.line_conv_grad = _kernel("LineConvGrad", lambda *s: (s[0], s[1]), _floats(2))
+        self.pointwise_conv = _kernel("PointwiseConvTrain", lambda x, w: (x[0], w[0], x[2], x[3]))
+        self.pointwise_conv_input_grad = _kernel("PointwiseConvTrainInputGrad",
+                                                 lambda dy, w: (dy[0], w[1], dy[2], dy[3]))
 
 
 def _update_moving_statistics(bn, mean, var, count):

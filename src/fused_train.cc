@@ -16,6 +16,7 @@
 
 #include "cpu_threads.h"
 #include "fused_common.h"
+#include "pointwise_gemm.h"
 
 namespace {
 
@@ -639,6 +640,24 @@ int Mix3TrainGrad(int, void **params, int *, int64_t **shapes, const char **, vo
     weighted_sum_grad(d.hw, dy + o, {h + o, w + o, c + o}, {a0, a1, a2}, {dh + o, dw + o, dc + o}, sums);
     for (int j = 0; j < 3; ++j) da[j * stride + plane] = static_cast<float>(sums.total(j));
   });
+  return 0;
+}
+
+// 1x1 convolution, stride 1, one group (pointwise_gemm.h): inputs x (N, K, H, W) and w (M, K, 1, 1);
+// output y (N, M, H, W).
+int PointwiseConvTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const int64_t *x = shapes[0], *w = shapes[1];
+  bimlp::PointwiseGemm(arg<const float>(params, 1), w[0], w[1], w[1], 1)
+      .run(arg<const float>(params, 0), arg<float>(params, 2), x[0], x[2] * x[3]);
+  return 0;
+}
+
+// Its input gradient: inputs dy (N, M, H, W) and w (M, K, 1, 1); output dx (N, K, H, W) = w^T dy.
+int PointwiseConvTrainInputGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const int64_t *dy = shapes[0], *w = shapes[1];
+  bimlp::PointwiseGemm(arg<const float>(params, 1), w[1], w[0], 1, w[1])
+      .run(arg<const float>(params, 0), arg<float>(params, 2), dy[0], dy[2] * dy[3]);
   return 0;
 }
 

@@ -19,6 +19,7 @@ Activation schemes (`quan_name_a`):
 """
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, initializer
+from mindspore.ops.operations import _grad_ops
 
 from src import weight_cache
 from src.grouped_conv import GroupedLineConv
@@ -183,6 +184,35 @@ WEIGHT_SCHEMES = ("xnor", "bireal", "bnn", "dorefa", "fp")
 ACTIVATION_SCHEMES = ("xnor", "dorefa", "bnn", "bireal", "fp")
 
 
+class PointwiseConv(nn.Cell):
+    """conv2d(x, w) for a 1x1 kernel, stride 1 and one group. In training with the training kernels
+    the forward and the input gradient are the matrix products of src/pointwise_gemm.h; the
+    weight gradient, and everything else, MindSpore's Conv2D and its gradients."""
+
+    def __init__(self, out_channels):
+        super().__init__()
+        # Attributes as tuples, as the ONNX exporter needs them.
+        self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(1, 1), mode=1, pad_mode="pad", pad=(0, 0, 0, 0))
+        self.input_grad = ops.Conv2DBackpropInput(out_channel=out_channels, kernel_size=(1, 1), pad_mode="pad",
+                                                  pad=(0, 0, 0, 0))
+        self.filter_grad = _grad_ops.Conv2DBackpropFilter(out_channel=out_channels, kernel_size=(1, 1), pad_mode="pad",
+                                                          pad=(0, 0, 0, 0))
+        # Set by the network: src/fused.TrainKernels, used in training.
+        self.train_kernels = None
+
+    def construct(self, x, w):
+        if self.training and self.train_kernels is not None:
+            return self.train_kernels.pointwise_conv(x, w)
+        return self.conv(x, w)
+
+    def bprop(self, x, w, out, dout):
+        if self.training and self.train_kernels is not None:
+            dx = self.train_kernels.pointwise_conv_input_grad(dout, w)
+        else:
+            dx = self.input_grad(dout, w, x.shape)
+        return dx, self.filter_grad(dout, x, w.shape)
+
+
 class QuanConv(nn.Cell):
     """Conv2d (no bias) on quantized weights and quantized activations.
 
@@ -208,6 +238,8 @@ class QuanConv(nn.Cell):
         self.quantize_input = activation_quantizer(quan_name_a, nbit_a, fast)
         if group > 1 and group == out_channels and stride == 1 and 1 in (kh, kw):
             self.conv = GroupedLineConv(in_channels, out_channels, (kh, kw), self.padding, group)
+        elif (kh, kw) == (1, 1) and stride == 1 and group == 1 and not any(self.padding):
+            self.conv = PointwiseConv(out_channels)
         else:
             self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=(kh, kw), mode=1,
                                    pad_mode="pad", pad=self.padding, stride=stride, group=group)

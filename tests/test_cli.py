@@ -1,6 +1,7 @@
 """One vocabulary: --model names the variant in every command; the commands that read a checkpoint
 also take --checkpoint_nm, the MindSpore model zoo's name for the same flag."""
 import glob
+import json
 import os
 import re
 import subprocess
@@ -84,3 +85,25 @@ def test_no_command_has_another_flag_for_the_variant():
         others = [flag for flag in FLAG.findall(text) if "model" in flag and flag != "--model"]
         assert not others, f"{os.path.relpath(path, ROOT)} names the variant with {others}; use --model"
         assert "--checkpoint_nm" not in text, f"{os.path.relpath(path, ROOT)}: use --model"
+
+
+def test_benchmark_rounds_run_round_robin_and_report_each_configs_median(monkeypatch, tmp_path, capsys):
+    speeds = {"fast": [100.0, 90.0, 120.0], "fused": [300.0, 200.0, 250.0]}
+    order = []
+
+    def run_config(cfg, max_gb):
+        order.append(cfg["path"])
+        return {"img_s": speeds[cfg["path"]].pop(0), "cpu_s": 1.0, "peak_rss_gb": 1.0, "compile_s": 1.0,
+                "load_end": 0.0}
+
+    monkeypatch.setattr(benchmark, "run_config", run_config)
+    out = tmp_path / "bench.json"
+    benchmark.main(["--only", "train", "--model", "BiMLP_T14", "--train_paths", "fast,fused", "--rounds", "3",
+                    "--json", str(out)])
+    assert order == ["fast", "fused"] * 3
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["path"], r["img_s"], r["img_s_rounds"]) for r in rows] == [
+        ("fast", 100.0, [90.0, 100.0, 120.0]), ("fused", 250.0, [200.0, 250.0, 300.0])]
+    assert "| fused | 250.00 | 2.50 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--rounds", "0"])
