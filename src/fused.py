@@ -296,6 +296,8 @@ class TrainKernels(nn.Cell):
         self.pointwise_conv = _kernel("PointwiseConvTrain", lambda x, w: (x[0], w[0], x[2], x[3]))
         self.pointwise_conv_input_grad = _kernel("PointwiseConvTrainInputGrad",
                                                  lambda dy, w: (dy[0], w[1], dy[2], dy[3]))
+        self.pointwise_conv_filter_grad = _kernel("PointwiseConvTrainFilterGrad",
+                                                  lambda dy, x: (dy[1], x[1], 1, 1))
 
 
 def _update_moving_statistics(bn, mean, var, count):

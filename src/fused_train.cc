@@ -677,9 +677,19 @@ int PointwiseConvTrain(int, void **params, int *, int64_t **shapes, const char *
 
 // Its input gradient: inputs dy (N, M, H, W) and w (M, K, 1, 1); output dx (N, K, H, W) = w^T dy.
 int PointwiseConvTrainInputGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
   const int64_t *dy = shapes[0], *w = shapes[1];
   bimlp::PointwiseGemm(arg<const float>(params, 1), w[1], w[0], 1, w[1])
       .run(arg<const float>(params, 0), arg<float>(params, 2), dy[0], dy[2] * dy[3]);
+  return 0;
+}
+
+// Its weight gradient: inputs dy (N, M, H, W) and x (N, K, H, W); output dw (M, K, 1, 1).
+int PointwiseConvTrainFilterGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  BimlpCountCall(1);
+  const int64_t *dy = shapes[0], *x = shapes[1];
+  bimlp::pointwise_filter_grad(arg<const float>(params, 0), arg<const float>(params, 1), arg<float>(params, 2), dy[0],
+                               dy[1], x[1], dy[2] * dy[3]);
   return 0;
 }
 

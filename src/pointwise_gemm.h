@@ -43,10 +43,57 @@ inline Vec8 multiply_add(Vec8 a, Vec8 b, Vec8 c) {
 #endif
 }
 
+// Register tiles of kTileRows x kTileCols sums.
+constexpr int64_t kTileRows = 6, kTileCols = 16;
+
+// out (kTileRows x kTileCols) = a b (+ out if accumulate) for a packed as [depth][kTileRows] and b
+// as [depth][kTileCols]; the sums run over depth in order.
+inline void tile(int64_t depth, const float *a, const float *b, float *out, bool accumulate) {
+  Vec8 c[kTileRows][2] = {};
+  if (accumulate)
+    for (int64_t i = 0; i < kTileRows; ++i)
+      for (int64_t v = 0; v < 2; ++v) c[i][v] = load8(out + i * kTileCols + 8 * v);
+  Vec8 c00 = c[0][0], c01 = c[0][1], c10 = c[1][0], c11 = c[1][1], c20 = c[2][0], c21 = c[2][1];
+  Vec8 c30 = c[3][0], c31 = c[3][1], c40 = c[4][0], c41 = c[4][1], c50 = c[5][0], c51 = c[5][1];
+  for (int64_t k = 0; k < depth; ++k, a += kTileRows, b += kTileCols) {
+    const Vec8 b0 = load8(b), b1 = load8(b + 8);
+    Vec8 ai = broadcast(a[0]);
+    c00 = multiply_add(ai, b0, c00), c01 = multiply_add(ai, b1, c01);
+    ai = broadcast(a[1]);
+    c10 = multiply_add(ai, b0, c10), c11 = multiply_add(ai, b1, c11);
+    ai = broadcast(a[2]);
+    c20 = multiply_add(ai, b0, c20), c21 = multiply_add(ai, b1, c21);
+    ai = broadcast(a[3]);
+    c30 = multiply_add(ai, b0, c30), c31 = multiply_add(ai, b1, c31);
+    ai = broadcast(a[4]);
+    c40 = multiply_add(ai, b0, c40), c41 = multiply_add(ai, b1, c41);
+    ai = broadcast(a[5]);
+    c50 = multiply_add(ai, b0, c50), c51 = multiply_add(ai, b1, c51);
+  }
+  const Vec8 sums[kTileRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int64_t i = 0; i < kTileRows; ++i)
+    for (int64_t v = 0; v < 2; ++v) store8(out + i * kTileCols + 8 * v, sums[i][v]);
+}
+
+// Calls body(j, n, p, run) for the runs of columns [first, first + count) of an NCHW tensor's
+// flattened (sample, position) columns that lie in one sample: columns first + j ... first + j +
+// run - 1 are positions p ... p + run - 1 of sample n.
+template <typename Body>
+void for_each_sample(int64_t positions, int64_t first, int64_t count, Body body) {
+  for (int64_t j = 0; j < count;) {
+    const int64_t n = (first + j) / positions, p = (first + j) % positions;
+    const int64_t run = std::min(count - j, positions - p);
+    body(j, n, p, run);
+    j += run;
+  }
+}
+
+// Values packed per block of columns: 256 KB, within L2.
+constexpr int64_t kBlockValues = 1 << 16;
+
 class PointwiseGemm {
  public:
-  static constexpr int64_t kRows = 6, kCols = 16;
-  static constexpr int64_t kBlockValues = 1 << 16;  // packed input per block: 256 KB, within L2
+  static constexpr int64_t kRows = kTileRows, kCols = kTileCols;
 
   // a(m, k) = weights[m * row_stride + k * column_stride]: a (M, K) matrix or a transposed (K, M) one.
   PointwiseGemm(const float *weights, int64_t rows, int64_t depth, int64_t row_stride, int64_t column_stride)
@@ -74,7 +121,7 @@ class PointwiseGemm {
         for (int64_t t = 0; t < tiles_; ++t) {
           const int64_t m0 = t * kRows, valid_rows = std::min(kRows, rows_ - m0);
           for (int64_t j = 0; j < count; j += kCols) {
-            tile(a_.data() + t * depth_ * kRows, panels.data() + j * depth_, out);
+            tile(depth_, a_.data() + t * depth_ * kRows, panels.data() + j * depth_, out, false);
             for_each_sample(positions, first + j, std::min(kCols, count - j),
                             [&](int64_t i0, int64_t n, int64_t p, int64_t run) {
                               for (int64_t i = 0; i < valid_rows; ++i)
@@ -88,18 +135,6 @@ class PointwiseGemm {
   }
 
  private:
-  // Calls body(j, n, p, run) for the runs of columns [first, first + count) within one sample:
-  // columns first + j ... first + j + run - 1 are positions p ... p + run - 1 of sample n.
-  template <typename Body>
-  static void for_each_sample(int64_t positions, int64_t first, int64_t count, Body body) {
-    for (int64_t j = 0; j < count;) {
-      const int64_t n = (first + j) / positions, p = (first + j) % positions;
-      const int64_t run = std::min(count - j, positions - p);
-      body(j, n, p, run);
-      j += run;
-    }
-  }
-
   // panel[k * kCols + j] = x's column first + j at depth k, for j < count. A column's sums use only
   // that column, so the ones past the count (whatever the buffer held) are computed and dropped.
   void pack(const float *x, int64_t positions, int64_t first, int64_t count, float *panel) const {
@@ -109,32 +144,60 @@ class PointwiseGemm {
     });
   }
 
-  // out (kRows x kCols) = the packed row tile a times the panel b.
-  void tile(const float *a, const float *b, float *out) const {
-    Vec8 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {};
-    Vec8 c30 = {}, c31 = {}, c40 = {}, c41 = {}, c50 = {}, c51 = {};
-    for (int64_t k = 0; k < depth_; ++k, a += kRows, b += kCols) {
-      const Vec8 b0 = load8(b), b1 = load8(b + 8);
-      Vec8 ai = broadcast(a[0]);
-      c00 = multiply_add(ai, b0, c00), c01 = multiply_add(ai, b1, c01);
-      ai = broadcast(a[1]);
-      c10 = multiply_add(ai, b0, c10), c11 = multiply_add(ai, b1, c11);
-      ai = broadcast(a[2]);
-      c20 = multiply_add(ai, b0, c20), c21 = multiply_add(ai, b1, c21);
-      ai = broadcast(a[3]);
-      c30 = multiply_add(ai, b0, c30), c31 = multiply_add(ai, b1, c31);
-      ai = broadcast(a[4]);
-      c40 = multiply_add(ai, b0, c40), c41 = multiply_add(ai, b1, c41);
-      ai = broadcast(a[5]);
-      c50 = multiply_add(ai, b0, c50), c51 = multiply_add(ai, b1, c51);
-    }
-    const Vec8 sums[kRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t v = 0; v < 2; ++v) store8(out + i * kCols + 8 * v, sums[i][v]);
-  }
-
   int64_t rows_, depth_, tiles_;
   std::vector<float> a_;  // [tile][k][row in tile], rows past the last one zero
 };
+
+
+// The weight gradient of a 1x1 convolution: dw (M, K) = sum over every sample and position of
+// dy[n, m, p] x[n, k, p], for dy (N, M, P) and x (N, K, P). As c = a b^T over the columns (n, p),
+// the rows of c split between the threads: the larger of M and K, so that the other operand,
+// which every thread packs for itself, is the smaller one. Per block of columns, both operands
+// are packed transposed (a column's kTileRows or kTileCols values together) and each thread adds
+// the block to its register tiles, which stay in a buffer of their own between blocks: every sum
+// runs over the columns in order.
+inline void pointwise_filter_grad(const float *dy, const float *x, float *dw, int64_t samples, int64_t m, int64_t k,
+                                  int64_t positions) {
+  const bool rows_are_m = m >= k;
+  const float *a = rows_are_m ? dy : x, *b = rows_are_m ? x : dy;
+  const int64_t rows = rows_are_m ? m : k, cols = rows_are_m ? k : m;
+  const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows, col_tiles = (cols + kTileCols - 1) / kTileCols;
+  const int64_t columns = samples * positions;
+  const int64_t block = std::max<int64_t>(kTileCols, kBlockValues / (col_tiles * kTileCols + kTileRows));
+  parallel_for(row_tiles, columns * (kTileRows + cols), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> a_packed, b_packed;
+    a_packed.resize((end - begin) * block * kTileRows);
+    b_packed.resize(col_tiles * block * kTileCols);
+    std::vector<float> sums((end - begin) * col_tiles * kTileRows * kTileCols, 0.0f);
+    for (int64_t first = 0; first < columns; first += block) {
+      const int64_t count = std::min(block, columns - first);
+      // b_packed[s][j][v] = b's channel s * kTileCols + v at column first + j; a_packed likewise for
+      // this thread's rows. Channels past the last one keep what the buffers held: their sums are
+      // dropped.
+      for_each_sample(positions, first, count, [&](int64_t j, int64_t n, int64_t p, int64_t run) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const float *source = b + (n * cols + c) * positions + p;
+          float *target = b_packed.data() + ((c / kTileCols) * block + j) * kTileCols + c % kTileCols;
+          for (int64_t i = 0; i < run; ++i) target[i * kTileCols] = source[i];
+        }
+        for (int64_t r = begin * kTileRows; r < std::min(end * kTileRows, rows); ++r) {
+          const float *source = a + (n * rows + r) * positions + p;
+          float *target = a_packed.data() + ((r / kTileRows - begin) * block + j) * kTileRows + r % kTileRows;
+          for (int64_t i = 0; i < run; ++i) target[i * kTileRows] = source[i];
+        }
+      });
+      for (int64_t t = 0; t < end - begin; ++t)
+        for (int64_t s = 0; s < col_tiles; ++s)
+          tile(count, a_packed.data() + t * block * kTileRows, b_packed.data() + s * block * kTileCols,
+               sums.data() + (t * col_tiles + s) * kTileRows * kTileCols, true);
+    }
+    for (int64_t r = begin * kTileRows; r < std::min(end * kTileRows, rows); ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t t = r / kTileRows - begin, s = c / kTileCols;
+        const float value = sums[((t * col_tiles + s) * kTileRows + r % kTileRows) * kTileCols + c % kTileCols];
+        dw[rows_are_m ? r * cols + c : c * rows + r] = value;
+      }
+  });
+}
 
 }  // namespace bimlp

@@ -185,9 +185,9 @@ ACTIVATION_SCHEMES = ("xnor", "dorefa", "bnn", "bireal", "fp")
 
 
 class PointwiseConv(nn.Cell):
-    """conv2d(x, w) for a 1x1 kernel, stride 1 and one group. In training with the training kernels
-    the forward and the input gradient are the matrix products of src/pointwise_gemm.h; the
-    weight gradient, and everything else, MindSpore's Conv2D and its gradients."""
+    """conv2d(x, w) for a 1x1 kernel, stride 1 and one group: in training with the training kernels,
+    the matrix products of src/pointwise_gemm.h (forward, input and weight gradient); otherwise
+    MindSpore's Conv2D and its gradients."""
 
     def __init__(self, out_channels):
         super().__init__()
@@ -207,10 +207,9 @@ class PointwiseConv(nn.Cell):
 
     def bprop(self, x, w, out, dout):
         if self.training and self.train_kernels is not None:
-            dx = self.train_kernels.pointwise_conv_input_grad(dout, w)
-        else:
-            dx = self.input_grad(dout, w, x.shape)
-        return dx, self.filter_grad(dout, x, w.shape)
+            return (self.train_kernels.pointwise_conv_input_grad(dout, w),
+                    self.train_kernels.pointwise_conv_filter_grad(dout, x))
+        return self.input_grad(dout, w, x.shape), self.filter_grad(dout, x, w.shape)
 
 
 class QuanConv(nn.Cell):

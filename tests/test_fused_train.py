@@ -279,11 +279,12 @@ def test_line_convolutions(kernel, per_group, size, binary):
 
 
 @pytest.mark.parametrize("shape, channels", [((3, 5, 14, 14), 7), ((5, 16, 2, 2), 13), ((40, 1024, 2, 2), 6),
-                                             ((9, 8, 1, 1), 96), ((4, 3, 7, 7), 32)])
+                                             ((9, 8, 1, 1), 96), ((4, 3, 7, 7), 32), ((8, 256, 7, 7), 256)])
 def test_pointwise_convolutions(shape, channels):
-    """The 1x1 convolutions as one matrix product over all samples' positions: row tiles cut short,
-    column panels that span samples or end early, blocks of a few panels for deep inputs. Sums run
-    in another order than oneDNN's."""
+    """The 1x1 convolutions as matrix products over all samples' positions: row tiles cut short,
+    column panels that span samples or end early, blocks of a few panels for deep inputs, weight
+    gradients whose rows are the output or the input channels. Sums run in another order than
+    oneDNN's."""
     def chain(kernels, layer, x, w):
         layer.train_kernels = kernels
         return layer(x, w)
@@ -295,6 +296,12 @@ def test_pointwise_convolutions(shape, channels):
 
     x, w = data(shape, 20), data((channels, shape[1], 1, 1), 21, 0.5)
     check_chain(chain, cells, [x, w], [(shape[0], channels, *shape[2:])])
+    # Both gradients come from the kernels too (the forward, input and weight gradient count a call each).
+    layer = cells()[0]
+    layer.train_kernels = fused.TrainKernels()
+    before = fused.kernel_calls()["training"]
+    [g.asnumpy() for g in ms.grad(layer, (0, 1))(x, w)]
+    assert fused.kernel_calls()["training"] - before == 3
 
 
 @pytest.mark.parametrize("binary", [True, False])
