@@ -110,7 +110,6 @@ struct LaneSums {
   double total(int t) const { return totals[t]; }
 };
 
-// Batch mean and biased variance of channel c.
 // Asks for row[0, count) to be brought into the cache ahead of its use. The per-channel loops go
 // through one plane of each sample in turn: short runs far apart, on which the hardware prefetcher
 // starts late, so each loop asks for the next sample's planes while it works on this one's.
@@ -118,6 +117,7 @@ inline void prefetch(const float *row, int64_t count) {
   for (int64_t i = 0; i < count; i += 16) __builtin_prefetch(row + i);
 }
 
+// Batch mean and biased variance of channel c.
 void channel_moments(const float *a, const Dims &d, int64_t c, double *mean, double *var) {
   LaneSums<2> sums;
   for (int64_t n = 0; n < d.n; ++n) {

@@ -1,12 +1,14 @@
-// 1x1 convolutions of NCHW tensors as one matrix product, for the training kernels: y[n, m, p] =
+// 1x1 convolutions of NCHW tensors as matrix products, for the training kernels: y[n, m, p] =
 // sum_k a(m, k) x[n, k, p], the columns (n, p) of all samples flattened into one long dimension so
 // that 2x2 and 4x4 maps fill the vector registers as well as 14x14 ones do.
 //
-// The weights are packed once per call in tiles of kRows rows; the input in panels of kCols
-// columns, each panel computed for every row tile while it is in the L1 cache, a tile's kRows x kCols sums held in registers. Each sum runs over k in order with fused
-// multiply-adds (as oneDNN's convolutions do; the sums are not bit-identical to theirs). Panels
-// are split between the kernel threads; every value is computed by the same code whichever thread
-// runs it.
+// The weights are packed once per call in tiles of kTileRows rows; the input in panels of
+// kTileCols columns, packed together in blocks of columns; each row tile runs over a block's
+// panels with its kTileRows x kTileCols sums held in registers. Each sum runs over its depth in
+// order with fused multiply-adds where the CPU has them (else a multiply, then an add), as
+// oneDNN's convolutions do, but the sums are not bit-identical to theirs. Blocks (or, for the
+// weight gradient, row tiles) are split between the kernel threads; every value is computed by
+// the same code whichever thread runs it.
 #pragma once
 
 #include <algorithm>
@@ -88,7 +90,8 @@ void for_each_sample(int64_t positions, int64_t first, int64_t count, Body body)
   }
 }
 
-// Values packed per block of columns: 256 KB, within L2.
+// Values packed per block of columns, for one row tile: about 256 KB, within L2, unless a block is
+// held at its minimum of kTileCols columns (inputs deeper than 4,096 channels).
 constexpr int64_t kBlockValues = 1 << 16;
 
 class PointwiseGemm {

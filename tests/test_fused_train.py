@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
+from conftest import ROOT
 from src import fused
 from src.grouped_conv import GroupedLineConv
 from src.quan_conv import PointwiseConv, QuanConv, XnorWeight
@@ -302,6 +303,44 @@ def test_pointwise_convolutions(shape, channels):
     before = fused.kernel_calls()["training"]
     [g.asnumpy() for g in ms.grad(layer, (0, 1))(x, w)]
     assert fused.kernel_calls()["training"] - before == 3
+
+
+POINTWISE_SCRIPT = """
+import sys
+import mindspore as ms
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from src import fused
+from src.quan_conv import PointwiseConv
+ms.set_context(mode=ms.PYNATIVE_MODE)
+results = {}
+for i, (shape, channels) in enumerate([((8, 256, 7, 7), 256), ((40, 1024, 2, 2), 6), ((3, 5, 14, 14), 7)]):
+    rng = np.random.RandomState(i)
+    x, w, g = (ms.Tensor(rng.standard_normal(s).astype(np.float32))
+               for s in (shape, (channels, shape[1], 1, 1), (shape[0], channels) + shape[2:]))
+    layer = PointwiseConv(channels)
+    layer.set_train(True)
+    layer.train_kernels = fused.TrainKernels()
+    results[f"y{i}"] = layer(x, w).asnumpy()
+    dx, dw = ms.grad(lambda x, w: (layer(x, w) * g).sum(), (0, 1))(x, w)
+    results[f"dx{i}"], results[f"dw{i}"] = dx.asnumpy(), dw.asnumpy()
+np.savez(sys.argv[2], **results)
+"""
+
+
+def test_pointwise_convolutions_do_not_depend_on_the_thread_count(tmp_path):
+    """One thread or three, the 1x1 products give the same bits: each sum is one thread's, in order."""
+    script = tmp_path / "pointwise.py"
+    script.write_text(POINTWISE_SCRIPT)
+    results = []
+    for threads in ("1", "3"):
+        out = tmp_path / f"threads{threads}.npz"
+        proc = subprocess.run([sys.executable, str(script), ROOT, str(out)], capture_output=True, text=True,
+                              env=dict(os.environ, BIMLP_KERNEL_THREADS=threads), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(np.load(out))
+    for name in results[0].files:
+        np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
 
 
 @pytest.mark.parametrize("binary", [True, False])
