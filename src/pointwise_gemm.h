@@ -96,39 +96,37 @@ constexpr int64_t kBlockValues = 1 << 16;
 
 class PointwiseGemm {
  public:
-  static constexpr int64_t kRows = kTileRows, kCols = kTileCols;
-
   // a(m, k) = weights[m * row_stride + k * column_stride]: a (M, K) matrix or a transposed (K, M) one.
   PointwiseGemm(const float *weights, int64_t rows, int64_t depth, int64_t row_stride, int64_t column_stride)
-      : rows_(rows), depth_(depth), tiles_((rows + kRows - 1) / kRows), a_(tiles_ * depth * kRows, 0.0f) {
+      : rows_(rows), depth_(depth), tiles_((rows + kTileRows - 1) / kTileRows), a_(tiles_ * depth * kTileRows, 0.0f) {
     for (int64_t m = 0; m < rows; ++m)
       for (int64_t k = 0; k < depth; ++k)
-        a_[((m / kRows) * depth + k) * kRows + m % kRows] = weights[m * row_stride + k * column_stride];
+        a_[((m / kTileRows) * depth + k) * kTileRows + m % kTileRows] = weights[m * row_stride + k * column_stride];
   }
 
   // y (samples, rows, positions) = a x for x (samples, depth, positions). The columns go in blocks
   // of whole panels, packed together; each row tile then runs over the block's panels, so that y
   // (usually not in any cache) is written along its rows, which the hardware prefetches, rather
-  // than kRows partial lines at a time in rows far apart.
+  // than kTileRows partial lines at a time in rows far apart.
   void run(const float *x, float *y, int64_t samples, int64_t positions) const {
     const int64_t columns = samples * positions;
-    const int64_t block = std::max<int64_t>(1, kBlockValues / (depth_ * kCols)) * kCols;
+    const int64_t block = std::max<int64_t>(1, kBlockValues / (depth_ * kTileCols)) * kTileCols;
     parallel_for((columns + block - 1) / block, (depth_ + rows_) * block, [&](int64_t begin, int64_t end) {
       thread_local std::vector<float> panels;
       panels.resize(depth_ * block);
-      float out[kRows * kCols];
+      float out[kTileRows * kTileCols];
       for (int64_t b = begin; b < end; ++b) {
         const int64_t first = b * block, count = std::min(block, columns - first);
-        for (int64_t j = 0; j < count; j += kCols)
-          pack(x, positions, first + j, std::min(kCols, count - j), panels.data() + j * depth_);
+        for (int64_t j = 0; j < count; j += kTileCols)
+          pack(x, positions, first + j, std::min(kTileCols, count - j), panels.data() + j * depth_);
         for (int64_t t = 0; t < tiles_; ++t) {
-          const int64_t m0 = t * kRows, valid_rows = std::min(kRows, rows_ - m0);
-          for (int64_t j = 0; j < count; j += kCols) {
-            tile(depth_, a_.data() + t * depth_ * kRows, panels.data() + j * depth_, out, false);
-            for_each_sample(positions, first + j, std::min(kCols, count - j),
+          const int64_t m0 = t * kTileRows, valid_rows = std::min(kTileRows, rows_ - m0);
+          for (int64_t j = 0; j < count; j += kTileCols) {
+            tile(depth_, a_.data() + t * depth_ * kTileRows, panels.data() + j * depth_, out, false);
+            for_each_sample(positions, first + j, std::min(kTileCols, count - j),
                             [&](int64_t i0, int64_t n, int64_t p, int64_t run) {
                               for (int64_t i = 0; i < valid_rows; ++i)
-                                std::memcpy(y + (n * rows_ + m0 + i) * positions + p, out + i * kCols + i0,
+                                std::memcpy(y + (n * rows_ + m0 + i) * positions + p, out + i * kTileCols + i0,
                                             run * sizeof(float));
                             });
           }
@@ -138,12 +136,13 @@ class PointwiseGemm {
   }
 
  private:
-  // panel[k * kCols + j] = x's column first + j at depth k, for j < count. A column's sums use only
+  // panel[k * kTileCols + j] = x's column first + j at depth k, for j < count. A column's sums use only
   // that column, so the ones past the count (whatever the buffer held) are computed and dropped.
   void pack(const float *x, int64_t positions, int64_t first, int64_t count, float *panel) const {
     for_each_sample(positions, first, count, [&](int64_t j, int64_t n, int64_t p, int64_t run) {
       const float *source = x + n * depth_ * positions + p;
-      for (int64_t k = 0; k < depth_; ++k) std::memcpy(panel + k * kCols + j, source + k * positions, run * sizeof(float));
+      for (int64_t k = 0; k < depth_; ++k)
+        std::memcpy(panel + k * kTileCols + j, source + k * positions, run * sizeof(float));
     });
   }
 
