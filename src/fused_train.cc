@@ -733,9 +733,11 @@ int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *,
   const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
   const LineLayout l(shapes[0], shapes[1]);
   const int64_t hw = l.h * l.w;
-  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
+  // Output plane (n, g) for plane = n * cout + g.
+  bimlp::parallel_for(batch * cout, 4 * per_group * l.size, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(l.padded_size(), 0.0f), acc(l.size);
-    for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / cout, g = plane % cout;
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t i = 0; i < per_group; ++i) {
         pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
@@ -746,7 +748,7 @@ int LineConv(int, void **params, int *, int64_t **shapes, const char **, void *,
           for (int64_t j = 0; j < l.size; ++j) acc[j] = acc[j] + in[j] * v;
         }
       }
-      take_acc(l, acc.data(), y + (n * cout + g) * hw);
+      take_acc(l, acc.data(), y + plane * hw);
     }
   });
   return 0;
@@ -761,39 +763,40 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
   const int64_t batch = shapes[0][0], cin = shapes[0][1], cout = shapes[1][0], per_group = shapes[1][1];
   const LineLayout l(shapes[0], shapes[1]);
   const int64_t hw = l.h * l.w, lead = (l.taps - 1) * l.step;
-  parallel_for(cout, 4 * batch * per_group * l.size, [&](int64_t g) {
+  channel_blocks(cout, 4 * batch * per_group * l.size, [&](int64_t g0, int64_t g1) {
     // grad: dy in the accumulator layout after `lead` zeros, so that padded position p reads tap t's
     // gradient at p + lead - t * step.
     std::vector<float> padded(l.padded_size(), 0.0f), grad(lead + l.padded_size() + kChunk, 0.0f);
     std::vector<float> dpadded(l.padded_size());
-    std::vector<LaneSums<1>> dw(per_group * l.taps);
+    std::vector<LaneSums<1>> dw((g1 - g0) * per_group * l.taps);
     std::vector<int64_t> offset;
     for (int64_t t = 0; t < l.taps; ++t) offset.push_back(lead - t * l.step);
     const float *g_acc = grad.data() + lead;
-    for (int64_t n = 0; n < batch; ++n) {
-      put_acc(l, dy + (n * cout + g) * hw, grad.data() + lead);  // columns past w stay 0
-      for (int64_t i = 0; i < per_group; ++i) {
-        pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
-        const float *wt = weight + (g * per_group + i) * l.taps;
-        shifted_sum(l.padded_size(), grad.data(), offset, wt, dpadded.data());
-        unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
-        LaneSums<1> *sums = dw.data() + i * l.taps;
-        int64_t j = 0;
-        for (; j + kLanes <= l.size; j += kLanes) {
-          Lanes grad_j, tap;
-          std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
-          for (int64_t t = 0; t < l.taps; ++t) {
-            std::memcpy(&tap, padded.data() + t * l.step + j, sizeof tap);
-            sums[t].add_chunk(0, grad_j * tap);
+    for (int64_t n = 0; n < batch; ++n)
+      for (int64_t g = g0; g < g1; ++g) {
+        put_acc(l, dy + (n * cout + g) * hw, grad.data() + lead);  // columns past w stay 0
+        for (int64_t i = 0; i < per_group; ++i) {
+          pad_plane(l, x + (n * cin + g * per_group + i) * hw, padded.data());
+          const float *wt = weight + (g * per_group + i) * l.taps;
+          shifted_sum(l.padded_size(), grad.data(), offset, wt, dpadded.data());
+          unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
+          LaneSums<1> *sums = dw.data() + ((g - g0) * per_group + i) * l.taps;
+          int64_t j = 0;
+          for (; j + kLanes <= l.size; j += kLanes) {
+            Lanes grad_j, tap;
+            std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
+            for (int64_t t = 0; t < l.taps; ++t) {
+              std::memcpy(&tap, padded.data() + t * l.step + j, sizeof tap);
+              sums[t].add_chunk(0, grad_j * tap);
+            }
           }
+          for (; j < l.size; ++j)
+            for (int64_t t = 0; t < l.taps; ++t) sums[t].add_tail(0, g_acc[j] * padded[t * l.step + j]);
+          for (int64_t t = 0; t < l.taps; ++t) sums[t].flush();
         }
-        for (; j < l.size; ++j)
-          for (int64_t t = 0; t < l.taps; ++t) sums[t].add_tail(0, g_acc[j] * padded[t * l.step + j]);
-        for (int64_t t = 0; t < l.taps; ++t) sums[t].flush();
       }
-    }
-    for (int64_t k = 0; k < per_group * l.taps; ++k)
-      dweight[g * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
+    for (int64_t k = 0; k < (g1 - g0) * per_group * l.taps; ++k)
+      dweight[g0 * per_group * l.taps + k] = static_cast<float>(dw[k].total(0));
   });
   return 0;
 }
