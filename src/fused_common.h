@@ -26,22 +26,28 @@ inline int64_t floor_half(int64_t d) { return (d - (d & 1)) / 2; }
 
 // Downsample's pooling of H x W planes: (((p2 + p3) + p5) + p7) / 4 of the four max-pools and,
 // when asked, per pool and output the flat index in the plane of its window's first maximum in
-// row-major order (where the gradient goes).
+// row-major order (where the gradient goes; -1: nowhere).
 //
 // A stride-2 window's taps along an axis alternate between the even and the odd positions, so
-// each plane is stored split by row and column parity, each part framed by two rows and columns
-// of -inf: every tap of every window is then the same shift of one part for all outputs of a
-// block of planes at once, one long branch-free loop that vectorizes, and the padding never wins
-// a strict comparison. The maxima are exact, so values equal the plain window loops' (for inputs
-// without NaN, which a maximum here skips).
+// each plane is stored split by row and column parity, its rows and planes separated by two
+// columns and rows of -inf (a tap reaches at most two positions past either end, so one gap
+// serves the row or plane before it and the one after): every tap of every window is then the
+// same shift of one part for all outputs of a block of planes at once, one long branch-free loop
+// that vectorizes, and the padding never wins a strict comparison. The maxima are exact, so values
+// equal the plain window loops' (for inputs without NaN, which a maximum here skips).
 class Pool4Planes {
  public:
   static constexpr int64_t kBlock = 16;  // planes per pass
 
   Pool4Planes(int64_t h, int64_t w)
-      : h_(h), w_(w), oh_((h + 1) / 2), ow_((w + 1) / 2), cols_(ow_ + 4), frame_((oh_ + 4) * cols_),
-        parity_(kBlock * frame_), parts_(4 * parity_, -kInf), row_max_(2 * parity_, -kInf), best_(parity_),
-        row_tap_(2 * parity_), tap_(parity_) {}
+      : h_(h), w_(w), oh_((h + 1) / 2), ow_((w + 1) / 2), cols_(ow_ + 2), frame_((oh_ + 2) * cols_),
+        parity_((kBlock * (oh_ + 2) + 3) * cols_), parts_(4 * parity_, -kInf), row_max_(2 * parity_, -kInf),
+        best_(parity_), row_index_(2 * parity_), index_(parity_), twice_col_(parity_), twice_row_(parity_) {
+    for (int64_t p = 0; p < parity_; ++p) {
+      twice_col_[p] = static_cast<int32_t>(2 * (p % cols_ - 2));
+      twice_row_[p] = static_cast<int32_t>(2 * ((p / cols_ - 2) % (oh_ + 2)) * w_);
+    }
+  }
 
   // Pools planes [0, count) of in (count <= kBlock) into out; argmax may be null.
   void run(const float *in, float *out, int32_t *argmax, int64_t count) {
@@ -65,47 +71,63 @@ class Pool4Planes {
         }
         if (w_ & 1) even[w_ / 2] = line[w_ - 1];
       }
-    const int64_t end = count * frame_ - 2 * cols_;  // past the last output row
+    const int64_t end = count * frame_;  // past the last output row
     for (int j = 0; j < 4; ++j) {
       const int64_t kernel = kPoolKernels[j], pad_rows = pool_pad(h_, kernel), pad_cols = pool_pad(w_, kernel);
-      // Separable: each window's maximum along its rows first (both row parities), then down its
-      // columns over those; the taps in order keep the first maximum of the window.
-      for (int64_t parity = 0; parity < 2; ++parity)
-        max_over_taps<kTaps>(kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(),
-                             row_tap_.data(), [&](int64_t t) {
-                               const int64_t d = t - pad_cols;
-                               return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);
-                             });
-      max_over_taps<kTaps>(kernel, 2 * cols_, end, best_.data(), tap_.data(), [&](int64_t t) {
-        const int64_t d = t - pad_rows;
-        return row_max_.data() + (d & 1) * parity_ + floor_half(d) * cols_;
-      });
+      // Separable: each window's maximum along its rows first (both row parities), with the column of
+      // its first maximum, then down its columns over those, with the flat index in the plane of the
+      // first row's maximum: the taps in order keep the first maximum of the window in row-major order.
+      for (int64_t parity = 0; parity < 2; ++parity) {
+        const int32_t *twice_col = twice_col_.data() - parity * parity_;
+        max_over_taps<kTaps>(
+            kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(), row_index_.data(),
+            [&](int64_t t) {
+              const int64_t d = t - pad_cols;
+              return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);
+            },
+            [&](int64_t t, int64_t p) { return twice_col[p] + static_cast<int32_t>(t - pad_cols); });
+      }
+      max_over_taps<kTaps>(
+          kernel, 2 * cols_, end, best_.data(), index_.data(),
+          [&](int64_t t) {
+            const int64_t d = t - pad_rows;
+            return row_max_.data() + (d & 1) * parity_ + floor_half(d) * cols_;
+          },
+          [&](int64_t t, int64_t p) {
+            const int64_t d = t - pad_rows;
+            const int32_t *row_col = row_index_.data() + (d & 1) * parity_ + floor_half(d) * cols_;
+            return twice_row_[p] + static_cast<int32_t>(d * w_) + row_col[p];
+          });
       for (int64_t plane = 0; plane < count; ++plane)
         for (int64_t o = 0; o < oh_; ++o)
           for (int64_t i = 0; i < ow_; ++i) {
             const int64_t q = at(plane, 2 * o, i), y = (plane * oh_ + o) * ow_ + i;
             out[y] = j == 0 ? best_[q] : out[y] + best_[q];
             if (!kTaps) continue;
-            // A window that is all -inf keeps tap 0, which may be padding: its first position
-            // inside the plane is then the first maximum.
-            const int64_t row = std::max<int64_t>(2 * o + tap_[q] - pad_rows, 0);
-            const int64_t col = std::max<int64_t>(2 * i + row_tap_[at(plane, row, i)] - pad_cols, 0);
-            argmax[((plane * 4 + j) * oh_ + o) * ow_ + i] = static_cast<int32_t>(row * w_ + col);
+            // A window of -inf alone has no maximum above kLowest: MaxPool's gradient then goes to
+            // the window's first position, or nowhere (-1) when that is padding.
+            const int64_t row = 2 * o - pad_rows, col = 2 * i - pad_cols;
+            const int32_t index = index_[q];
+            argmax[((plane * 4 + j) * oh_ + o) * ow_ + i] =
+                index >= 0 ? index : (row >= 0 && col >= 0 ? static_cast<int32_t>(row * w_ + col) : -1);
           }
     }
     for (int64_t i = 0; i < count * oh_ * ow_; ++i) out[i] = out[i] / 4.0f;
   }
 
   static constexpr float kInf = std::numeric_limits<float>::infinity();
+  // Where MindSpore's MaxPool starts a window's maximum: a window of -inf alone pools to it.
+  static constexpr float kLowest = std::numeric_limits<float>::lowest();
 
-  // m[p] = the maximum of source(t)[p] over the taps t < kernel and tap[p] = the first t reaching
-  // it, for p in [begin, end). Strict comparisons keep the first maximum. Both are stored on every
-  // tap, with the tap chosen by a bit mask: a conditional store becomes a masked store skipped by a
-  // data-dependent branch, which mispredicts.
-  template <bool kTaps, typename Source>
-  static void max_over_taps(int64_t kernel, int64_t begin, int64_t end, float *m, int32_t *tap, Source source) {
-    std::fill(m + begin, m + end, -kInf);
-    if (kTaps) std::fill(tap + begin, tap + end, 0);
+  // m[p] = the maximum of source(t)[p] over the taps t < kernel and index[p] = candidate(t, p) of
+  // the first t reaching it (-1 if none is above -inf), for p in [begin, end). Strict comparisons
+  // keep the first maximum. Both are stored on every tap, with the index chosen by a bit mask: a
+  // conditional store becomes a masked store skipped by a data-dependent branch, which mispredicts.
+  template <bool kTaps, typename Source, typename Candidate>
+  static void max_over_taps(int64_t kernel, int64_t begin, int64_t end, float *m, int32_t *index, Source source,
+                            Candidate candidate) {
+    std::fill(m + begin, m + end, kLowest);
+    if (kTaps) std::fill(index + begin, index + end, -1);
     for (int64_t t = 0; t < kernel; ++t) {
       const float *values = source(t);
 #pragma GCC ivdep
@@ -113,24 +135,25 @@ class Pool4Planes {
         const float value = values[p], current = m[p];
         m[p] = std::max(current, value);
         if (kTaps) {
-          const int32_t was = tap[p], larger = -static_cast<int32_t>(value > current);
-          tap[p] = was ^ ((was ^ static_cast<int32_t>(t)) & larger);
+          const int32_t was = index[p], larger = -static_cast<int32_t>(value > current);
+          index[p] = was ^ ((was ^ candidate(t, p)) & larger);
         }
       }
     }
   }
 
   // Where row `row` (of the plane) and column `col` of a column-parity part lie: the row parity's
-  // half, then the plane's frame.
+  // half (two rows of -inf, then each plane's rows followed by two more), then the plane's rows.
   int64_t at(int64_t plane, int64_t row, int64_t col) const {
     return (row & 1) * parity_ + plane * frame_ + ((row >> 1) + 2) * cols_ + col + 2;
   }
 
   int64_t h_, w_, oh_, ow_, cols_, frame_, parity_;
-  // parts_: [column parity][row parity][plane][frame]; row_max_, row_tap_: [row parity][plane][frame];
-  // best_, tap_: [plane][frame].
+  // parts_: [column parity][row parity][plane][frame]; row_max_, row_index_: [row parity][plane][frame];
+  // best_, index_: [plane][frame]. At each place of a row parity's half: 2 i for output column i
+  // and 2 o w for output row o.
   std::vector<float> parts_, row_max_, best_;
-  std::vector<int32_t> row_tap_, tap_;
+  std::vector<int32_t> row_index_, index_, twice_col_, twice_row_;
 };
 
 // sin and cos of float32 angles, equal to MindSpore's Sin/Cos: glibc's double-precision

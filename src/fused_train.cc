@@ -832,7 +832,8 @@ int Pool4TrainGrad(int, void **params, int *, int64_t **shapes, const char **, v
     const int32_t *index = argmax + plane * 4 * size;
     const float *grad = dy + plane * size;
     for (int j = 0; j < 4; ++j)
-      for (int64_t i = 0; i < size; ++i) out[index[j * size + i]] += grad[i] / 4.0f;
+      for (int64_t i = 0; i < size; ++i)
+        if (index[j * size + i] >= 0) out[index[j * size + i]] += grad[i] / 4.0f;
   });
   return 0;
 }

@@ -152,8 +152,15 @@ def test_group_norm_is_mindspores(shape):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 7), (6, 9), (2, 2), (1, 1)])
-def test_pool4_is_downsample_pooling(size):
+@pytest.mark.parametrize("minus_inf", [False, True])
+def test_pool4_is_downsample_pooling(size, minus_inf):
+    """With -inf in the input, a window of -inf alone pools to MaxPool's lowest float."""
     x = data((2, 3, *size), 0)
+    if minus_inf:
+        x = x.asnumpy()
+        x[0, 1] = -np.inf
+        x[1, :, :2] = -np.inf
+        x = Tensor(x)
     pools = [nn.MaxPool2d(kernel_size=k, stride=2, pad_mode="same") for k in (2, 3, 5, 7)]
     expected = (((pools[0](x) + pools[1](x)) + pools[2](x)) + pools[3](x)) / 4.0
     np.testing.assert_array_equal(fused.Kernels().pool4(x).asnumpy(), expected.asnumpy())

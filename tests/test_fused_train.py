@@ -238,9 +238,10 @@ def test_phase_input_with_its_angle_gradient():
 
 
 @pytest.mark.parametrize("size", [(14, 14), (7, 7), (5, 6), (2, 2), (1, 1)])
-@pytest.mark.parametrize("ties", [False, True])
-def test_downsampling_pools(size, ties):
-    """With ties (values rounded to integers) the gradient goes to each window's first maximum."""
+@pytest.mark.parametrize("values", ["random", "ties", "minus_inf"])
+def test_downsampling_pools(size, values):
+    """With ties (values rounded to integers) the gradient goes to each window's first maximum; a
+    window of -inf alone (a whole plane, or its first rows) routes it as MaxPool's gradient does."""
     def cells():
         return [nn.MaxPool2d(kernel_size=k, stride=2, pad_mode="same") for k in (2, 3, 5, 7)]
 
@@ -250,8 +251,13 @@ def test_downsampling_pools(size, ties):
 
     out = ((size[0] + 1) // 2, (size[1] + 1) // 2)
     x = data((3, 7, *size), 9)  # 21 planes: more than one block of Pool4Planes, the last one partly filled
-    if ties:
+    if values == "ties":
         x = Tensor(np.round(x.asnumpy()))
+    if values == "minus_inf":
+        x = x.asnumpy()
+        x[0, 1] = -np.inf
+        x[1:, :, :2] = -np.inf
+        x = Tensor(x)
     check_chain(chain, cells, [x], [(3, 7, *out)], exact_outputs=(0,))
 
 
