@@ -48,13 +48,14 @@ inline Vec8 multiply_add(Vec8 a, Vec8 b, Vec8 c) {
 // Register tiles of kTileRows x kTileCols sums.
 constexpr int64_t kTileRows = 6, kTileCols = 16;
 
-// out (kTileRows x kTileCols) = a b (+ out if accumulate) for a packed as [depth][kTileRows] and b
-// as [depth][kTileCols]; the sums run over depth in order.
-inline void tile(int64_t depth, const float *a, const float *b, float *out, bool accumulate) {
+// Rows [0, rows) of out (kTileRows x kTileCols, rows `stride` apart) = a b (+ out if accumulate) for a
+// packed as [depth][kTileRows] and b as [depth][kTileCols]; the sums run over depth in order.
+inline void tile(int64_t depth, const float *a, const float *b, float *out, int64_t stride, int64_t rows,
+                 bool accumulate) {
   Vec8 c[kTileRows][2] = {};
   if (accumulate)
-    for (int64_t i = 0; i < kTileRows; ++i)
-      for (int64_t v = 0; v < 2; ++v) c[i][v] = load8(out + i * kTileCols + 8 * v);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t v = 0; v < 2; ++v) c[i][v] = load8(out + i * stride + 8 * v);
   Vec8 c00 = c[0][0], c01 = c[0][1], c10 = c[1][0], c11 = c[1][1], c20 = c[2][0], c21 = c[2][1];
   Vec8 c30 = c[3][0], c31 = c[3][1], c40 = c[4][0], c41 = c[4][1], c50 = c[5][0], c51 = c[5][1];
   for (int64_t k = 0; k < depth; ++k, a += kTileRows, b += kTileCols) {
@@ -73,8 +74,8 @@ inline void tile(int64_t depth, const float *a, const float *b, float *out, bool
     c50 = multiply_add(ai, b0, c50), c51 = multiply_add(ai, b1, c51);
   }
   const Vec8 sums[kTileRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int64_t i = 0; i < kTileRows; ++i)
-    for (int64_t v = 0; v < 2; ++v) store8(out + i * kTileCols + 8 * v, sums[i][v]);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t v = 0; v < 2; ++v) store8(out + i * stride + 8 * v, sums[i][v]);
 }
 
 // Calls body(j, n, p, run) for the runs of columns [first, first + count) of an NCHW tensor's
@@ -122,7 +123,14 @@ class PointwiseGemm {
         for (int64_t t = 0; t < tiles_; ++t) {
           const int64_t m0 = t * kTileRows, valid_rows = std::min(kTileRows, rows_ - m0);
           for (int64_t j = 0; j < count; j += kTileCols) {
-            tile(depth_, a_.data() + t * depth_ * kTileRows, panels.data() + j * depth_, out, false);
+            const float *a = a_.data() + t * depth_ * kTileRows, *b = panels.data() + j * depth_;
+            // A whole panel within one sample is stored straight into y's rows.
+            const int64_t n = (first + j) / positions, p = (first + j) % positions;
+            if (count - j >= kTileCols && p + kTileCols <= positions) {
+              tile(depth_, a, b, y + (n * rows_ + m0) * positions + p, positions, valid_rows, false);
+              continue;
+            }
+            tile(depth_, a, b, out, kTileCols, kTileRows, false);
             for_each_sample(positions, first + j, std::min(kTileCols, count - j),
                             [&](int64_t i0, int64_t n, int64_t p, int64_t run) {
                               for (int64_t i = 0; i < valid_rows; ++i)
@@ -191,7 +199,7 @@ inline void pointwise_filter_grad(const float *dy, const float *x, float *dw, in
       for (int64_t t = 0; t < end - begin; ++t)
         for (int64_t s = 0; s < col_tiles; ++s)
           tile(count, a_packed.data() + t * block * kTileRows, b_packed.data() + s * block * kTileCols,
-               sums.data() + (t * col_tiles + s) * kTileRows * kTileCols, true);
+               sums.data() + (t * col_tiles + s) * kTileRows * kTileCols, kTileCols, kTileRows, true);
     }
     for (int64_t r = begin * kTileRows; r < std::min(end * kTileRows, rows); ++r)
       for (int64_t c = 0; c < cols; ++c) {
