@@ -75,20 +75,24 @@ struct LaneSums {
   // Adds term(i, values) (kTerms values of element i) for i in [0, count).
   template <typename Term>
   void add(int64_t count, Term term) {
+    // Local sums: the terms' own stores (a gradient written as it is summed) could alias members,
+    // which the compiler would then store and reload on every element.
+    float sums[kTerms][kLanes] = {};
     int64_t i = 0;
     for (; i + kLanes <= count; i += kLanes)
       for (int l = 0; l < kLanes; ++l) {
         float values[kTerms];
         term(i + l, values);
-        for (int t = 0; t < kTerms; ++t) lanes[t][l] += values[t];
+        for (int t = 0; t < kTerms; ++t) sums[t][l] += values[t];
       }
     for (; i < count; ++i) {
       float values[kTerms];
       term(i, values);
-      for (int t = 0; t < kTerms; ++t) lanes[t][0] += values[t];
+      for (int t = 0; t < kTerms; ++t) sums[t][0] += values[t];
     }
-    used = std::max(used, count >= kLanes ? kLanes : static_cast<int>(count > 0));
-    flush();
+    const int plane_lanes = count >= kLanes ? kLanes : static_cast<int>(count > 0);
+    for (int t = 0; t < kTerms; ++t)
+      for (int l = 0; l < plane_lanes; ++l) totals[t] += sums[t][l];
   }
 
   // For callers that read a chunk once for several sums (add() computes an element's terms together):
