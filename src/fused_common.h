@@ -78,14 +78,14 @@ class Pool4Planes {
       // its first maximum, then down its columns over those, with the flat index in the plane of the
       // first row's maximum: the taps in order keep the first maximum of the window in row-major order.
       for (int64_t parity = 0; parity < 2; ++parity) {
-        const int32_t *twice_col = twice_col_.data() - parity * parity_;
+        const int64_t half = parity * parity_;
         max_over_taps<kTaps>(
             kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(), row_index_.data(),
             [&](int64_t t) {
               const int64_t d = t - pad_cols;
               return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);
             },
-            [&](int64_t t, int64_t p) { return twice_col[p] + static_cast<int32_t>(t - pad_cols); });
+            [&](int64_t t, int64_t p) { return twice_col_[p - half] + static_cast<int32_t>(t - pad_cols); });
       }
       max_over_taps<kTaps>(
           kernel, 2 * cols_, end, best_.data(), index_.data(),
@@ -120,7 +120,7 @@ class Pool4Planes {
   static constexpr float kLowest = std::numeric_limits<float>::lowest();
 
   // m[p] = the maximum of source(t)[p] over the taps t < kernel and index[p] = candidate(t, p) of
-  // the first t reaching it (-1 if none is above -inf), for p in [begin, end). Strict comparisons
+  // the first t reaching it (-1 if none is above kLowest), for p in [begin, end). Strict comparisons
   // keep the first maximum. Both are stored on every tap, with the index chosen by a bit mask: a
   // conditional store becomes a masked store skipped by a data-dependent branch, which mispredicts.
   template <bool kTaps, typename Source, typename Candidate>
