@@ -80,7 +80,7 @@ class Pool4Planes {
       for (int64_t parity = 0; parity < 2; ++parity) {
         const int64_t half = parity * parity_;
         max_over_taps<kTaps>(
-            kernel, parity * parity_ + 2 * cols_, parity * parity_ + end, row_max_.data(), row_index_.data(),
+            kernel, half + 2 * cols_, half + end, row_max_.data(), row_index_.data(),
             [&](int64_t t) {
               const int64_t d = t - pad_cols;
               return parts_.data() + (d & 1) * 2 * parity_ + floor_half(d);

@@ -70,7 +70,6 @@ template <int kTerms>
 struct LaneSums {
   float lanes[kTerms][kLanes] = {};
   double totals[kTerms] = {};
-  int used = 0;  // lanes holding values: a plane smaller than kLanes only uses the first
 
   // Adds term(i, values) (kTerms values of element i) for i in [0, count).
   template <typename Term>
@@ -90,6 +89,7 @@ struct LaneSums {
       term(i, values);
       for (int t = 0; t < kTerms; ++t) sums[t][0] += values[t];
     }
+    // Lanes a plane smaller than kLanes leaves at +0 are skipped: adding them changes no total.
     const int plane_lanes = count >= kLanes ? kLanes : static_cast<int>(count > 0);
     for (int t = 0; t < kTerms; ++t)
       for (int l = 0; l < plane_lanes; ++l) totals[t] += sums[t][l];
@@ -102,21 +102,15 @@ struct LaneSums {
     std::memcpy(&sums, lanes[t], sizeof sums);
     sums += values;
     std::memcpy(lanes[t], &sums, sizeof sums);
-    used = kLanes;
   }
-  void add_tail(int t, float value) {
-    lanes[t][0] += value;
-    used = std::max(used, 1);
-  }
+  void add_tail(int t, float value) { lanes[t][0] += value; }
 
-  // Lanes never used hold +0, whose addition only turns a total of -0 into +0.
   void flush() {
     for (int t = 0; t < kTerms; ++t)
-      for (int l = 0; l < used; ++l) {
+      for (int l = 0; l < kLanes; ++l) {
         totals[t] += lanes[t][l];
         lanes[t][l] = 0.0f;
       }
-    used = 0;
   }
 
   double total(int t) const { return totals[t]; }
@@ -210,21 +204,24 @@ int bn_act_forward(void **params, int64_t **shapes) {
   const int64_t copies = d.out.c / d.in.c;
   // By input channel: a tiled input's copies share their batch statistics, computed once.
   channel_blocks(d.in.c, 4 * copies * d.out.n * d.out.hw, [&](int64_t s0, int64_t s1) {
-    std::vector<double> mean(s1 - s0), var(s1 - s0);
+    const int64_t block = s1 - s0;
+    std::vector<double> mean(block), var(block);
     channel_moments(a, d.in, s0, s1, mean.data(), var.data());
-    std::vector<float> scale(d.out.c);
+    // Per output channel of the block, at (copy, source) -> copy * block + source - s0.
+    std::vector<float> scale(copies * block);
     for (int64_t copy = 0; copy < copies; ++copy)
       for (int64_t source = s0; source < s1; ++source) {
         const int64_t c = copy * d.in.c + source;
         mean_out[c] = static_cast<float>(mean[source - s0]);
         var_out[c] = static_cast<float>(var[source - s0]);
-        scale[c] = static_cast<float>(k.gamma[c] / std::sqrt(var[source - s0] + kEps));
+        scale[copy * block + source - s0] = static_cast<float>(k.gamma[c] / std::sqrt(var[source - s0] + kEps));
       }
     for (int64_t n = 0; n < d.out.n; ++n)
       for (int64_t copy = 0; copy < copies; ++copy)
         for (int64_t source = s0; source < s1; ++source) {
           const int64_t c = copy * d.in.c + source;
-          const float m = mean_out[c], sc = scale[c], beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
+          const float m = mean_out[c], sc = scale[copy * block + source - s0];
+          const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
           const float nb = kHasNext ? next_bias[c] : 0.0f;
           const float *in = a + d.in.at(n, source);
           const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
@@ -280,9 +277,9 @@ int bn_act_backward(void **params, int64_t **shapes) {
       for (int64_t source = s0; source < s1; ++source) {
         const int64_t c = copy * d.in.c + source;
         const double rstd = 1.0 / std::sqrt(static_cast<double>(var_in[c]) + kEps);
-        channel[copy * block + source - s0] = {mean_in[c], static_cast<float>(rstd), static_cast<float>(k.gamma[c] * rstd),
-                                               k.beta[c], k.b1[c], k.w[c], k.b2[c], kHasNext ? next_bias[c] : 0.0f,
-                                               0.0f, 0.0f};
+        channel[copy * block + source - s0] = {mean_in[c], static_cast<float>(rstd),
+                                               static_cast<float>(k.gamma[c] * rstd), k.beta[c], k.b1[c], k.w[c],
+                                               k.b2[c], kHasNext ? next_bias[c] : 0.0f, 0.0f, 0.0f};
       }
     // dz is the shortcut's gradient itself for an added shortcut, else the block's scratch (kept by
     // the thread: a fresh vector per call was zero-filled for nothing).
