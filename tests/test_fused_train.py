@@ -311,13 +311,15 @@ def test_pointwise_convolutions(shape, channels):
     assert fused.kernel_calls()["training"] - before == 3
 
 
-POINTWISE_SCRIPT = """
+THREADS_SCRIPT = """
 import sys
 import mindspore as ms
 import numpy as np
 sys.path.insert(0, sys.argv[1])
+from mindspore import nn
 from src import fused
 from src.quan_conv import PointwiseConv
+from src.wavemlp_20_3 import create_model
 ms.set_context(mode=ms.PYNATIVE_MODE)
 results = {}
 for i, (shape, channels) in enumerate([((8, 256, 7, 7), 256), ((40, 1024, 2, 2), 6), ((3, 5, 14, 14), 7)]):
@@ -330,21 +332,32 @@ for i, (shape, channels) in enumerate([((8, 256, 7, 7), 256), ((40, 1024, 2, 2),
     results[f"y{i}"] = layer(x, w).asnumpy()
     dx, dw = ms.grad(lambda x, w: (layer(x, w) * g).sum(), (0, 1))(x, w)
     results[f"dx{i}"], results[f"dw{i}"] = dx.asnumpy(), dw.asnumpy()
+ms.set_seed(1)
+net = create_model("BiMLP_T14", fused_training=True)
+net.set_train(True)
+loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+x = ms.Tensor(np.random.RandomState(5).standard_normal((16, 1, 28, 28)).astype(np.float32))
+labels = ms.Tensor(np.random.RandomState(6).randint(0, 10, 16).astype(np.int32))
+_, grads = ms.value_and_grad(loss, None, net.trainable_params())(x, labels)
+results.update({p.name: g.asnumpy() for p, g in zip(net.trainable_params(), grads)})
+results.update({p.name: p.asnumpy() for p in net.get_parameters() if "moving" in p.name})
 np.savez(sys.argv[2], **results)
 """
 
 
-def test_pointwise_convolutions_do_not_depend_on_the_thread_count(tmp_path):
-    """One thread or three, the 1x1 products give the same bits: each sum is one thread's, in order."""
-    script = tmp_path / "pointwise.py"
-    script.write_text(POINTWISE_SCRIPT)
+def test_training_kernels_do_not_depend_on_the_thread_count(tmp_path):
+    """One thread or three, the 1x1 products and a BiMLP_T14 step's gradients and moving statistics
+    are the same bits: each sum is one thread's, in order (the per-channel kernels split channels)."""
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_SCRIPT)
     results = []
     for threads in ("1", "3"):
         out = tmp_path / f"threads{threads}.npz"
         proc = subprocess.run([sys.executable, str(script), ROOT, str(out)], capture_output=True, text=True,
-                              env=dict(os.environ, BIMLP_KERNEL_THREADS=threads), timeout=300)
+                              env=dict(os.environ, BIMLP_KERNEL_THREADS=threads), timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results.append(np.load(out))
+    assert len(results[0].files) > 100, results[0].files
     for name in results[0].files:
         np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
 
