@@ -152,13 +152,19 @@ struct ShortcutRows {
   const float *s;
   int64_t group, hw, channels;  // group: k; channels: of s
 
-  // Sample n, output channel c: a row of hw values, read (or given a gradient) through the methods.
+  // Sample n, output channel c: where its row of hw values (its group's first row) starts in s.
   const float *row(int64_t n, int64_t c) const { return s + (n * channels + c * group) * hw; }
-  static float at(const float *row, int64_t group, int64_t hw, int64_t i) {
-    if (kShortcut == Shortcut::kAdd) return row[i];
-    float total = row[i];
-    for (int64_t g = 1; g < group; ++g) total = total + row[g * hw + i];
-    return total / static_cast<float>(group);
+
+  // The values the chain adds to that row: s's own, or its group's mean computed into `mean` (hw
+  // values), row by row so that the loop vectorizes.
+  const float *values(int64_t n, int64_t c, float *mean) const {
+    const float *first = row(n, c);
+    if (kShortcut != Shortcut::kGroupMean) return first;
+    for (int64_t i = 0; i < hw; ++i) mean[i] = first[i];
+    for (int64_t g = 1; g < group; ++g)
+      for (int64_t i = 0; i < hw; ++i) mean[i] = mean[i] + first[g * hw + i];
+    for (int64_t i = 0; i < hw; ++i) mean[i] = mean[i] / static_cast<float>(group);
+    return mean;
   }
 };
 
@@ -208,7 +214,7 @@ int bn_act_forward(void **params, int64_t **shapes) {
     std::vector<double> mean(block), var(block);
     channel_moments(a, d.in, s0, s1, mean.data(), var.data());
     // Per output channel of the block, at (copy, source) -> copy * block + source - s0.
-    std::vector<float> scale(copies * block);
+    std::vector<float> scale(copies * block), group_mean(kShortcut == Shortcut::kGroupMean ? d.out.hw : 0);
     for (int64_t copy = 0; copy < copies; ++copy)
       for (int64_t source = s0; source < s1; ++source) {
         const int64_t c = copy * d.in.c + source;
@@ -224,11 +230,11 @@ int bn_act_forward(void **params, int64_t **shapes) {
           const float beta = k.beta[c], b1 = k.b1[c], w = k.w[c], b2 = k.b2[c];
           const float nb = kHasNext ? next_bias[c] : 0.0f;
           const float *in = a + d.in.at(n, source);
-          const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.row(n, c);
+          const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.values(n, c, group_mean.data());
           float *y_row = y + d.out.at(n, c), *q_row = kHasNext ? q + d.out.at(n, c) : nullptr;
           for (int64_t i = 0; i < d.out.hw; ++i) {
             float u = (in[i] - m) * sc + beta;
-            if (kShortcut != Shortcut::kNone) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
+            if (kShortcut != Shortcut::kNone) u = u + s[i];
             u = u + b1;
             const float value = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
             y_row[i] = value;
@@ -294,6 +300,7 @@ int bn_act_backward(void **params, int64_t **shapes) {
     // Pass 1: with g = y's gradient, dz = g * prelu'(u), and the channel sums of dz, dz * xhat, g,
     // g * min(u, 0) [and of the quantizer's gradient, for the next bias].
     std::vector<LaneSums<kHasNext ? 5 : 4>> sums(copies * block);
+    std::vector<float> group_mean(kShortcut == Shortcut::kGroupMean ? d.out.hw : 0);
     for (int64_t n = 0; n < d.out.n; ++n)
       for (int64_t copy = 0; copy < copies; ++copy)
         for (int64_t source = s0; source < s1; ++source) {
@@ -301,12 +308,12 @@ int bn_act_backward(void **params, int64_t **shapes) {
           const Channel &p = channel[copy * block + source - s0];
           const float *in = a + d.in.at(n, source), *gy = dy + d.out.at(n, c);
           const float *gq = kHasNext ? dq + d.out.at(n, c) : nullptr;
-          const float *s = has_shortcut ? shortcut.row(n, c) : nullptr;
+          const float *s = has_shortcut ? shortcut.values(n, c, group_mean.data()) : nullptr;
           float *dz = dz_row(n, copy, source);
           sums[copy * block + source - s0].add(d.out.hw, [&](int64_t i, float *v) {
             const float xhat = (in[i] - p.m) * p.rstd;
             float u = (in[i] - p.m) * p.scale + p.beta;
-            if (has_shortcut) u = u + ShortcutRows<kShortcut>::at(s, shortcut.group, d.out.hw, i);
+            if (has_shortcut) u = u + s[i];
             u = u + p.b1;
             float g = gy[i];
             if constexpr (kHasNext) {
@@ -389,19 +396,19 @@ struct LineLayout {
 
 // Copies a plane into / out of a padded buffer (positions outside the plane keep their zeros).
 void pad_plane(const LineLayout &l, const float *plane, float *buffer) {
-  for (int64_t r = 0; r < l.h; ++r) std::memcpy(buffer + l.padded(r, 0), plane + r * l.w, l.w * sizeof(float));
+  for (int64_t r = 0; r < l.h; ++r) bimlp::copy_floats(buffer + l.padded(r, 0), plane + r * l.w, l.w);
 }
 
 void unpad_plane(const LineLayout &l, const float *buffer, float *plane) {
-  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, buffer + l.padded(r, 0), l.w * sizeof(float));
+  for (int64_t r = 0; r < l.h; ++r) bimlp::copy_floats(plane + r * l.w, buffer + l.padded(r, 0), l.w);
 }
 
 void put_acc(const LineLayout &l, const float *plane, float *acc) {
-  for (int64_t r = 0; r < l.h; ++r) std::memcpy(acc + l.acc(r, 0), plane + r * l.w, l.w * sizeof(float));
+  for (int64_t r = 0; r < l.h; ++r) bimlp::copy_floats(acc + l.acc(r, 0), plane + r * l.w, l.w);
 }
 
 void take_acc(const LineLayout &l, const float *acc, float *plane) {
-  for (int64_t r = 0; r < l.h; ++r) std::memcpy(plane + r * l.w, acc + l.acc(r, 0), l.w * sizeof(float));
+  for (int64_t r = 0; r < l.h; ++r) bimlp::copy_floats(plane + r * l.w, acc + l.acc(r, 0), l.w);
 }
 
 // One plane of the gradient of a weighted sum of three tensors, y = k0 x0 + k1 x1 + k2 x2 + (terms
@@ -433,7 +440,13 @@ void shifted_sum(int64_t count, const float *in, const std::vector<int64_t> &off
       std::memcpy(&p, in + offset[t] + j, sizeof p);
       acc = acc + p * weight[t];
     }
-    std::memcpy(out + j, &acc, std::min(kChunk, count - j) * sizeof(float));
+    if (count - j >= kChunk) {
+      std::memcpy(out + j, &acc, sizeof acc);
+    } else {
+      float tail[kChunk];
+      std::memcpy(tail, &acc, sizeof acc);
+      bimlp::copy_floats(out + j, tail, count - j);
+    }
   }
 }
 
