@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_threads.h"
@@ -23,8 +24,31 @@ namespace {
 const float kRoundingMagic = 12582912.0f;  // 1.5 * 2^23: (x + M) - M is rint(x), ties to even
 const float kEps = 1e-5f;
 
-inline float binarize(float x) { return (std::min(std::max(x, -1.0f), 1.0f) + kRoundingMagic) - kRoundingMagic; }
-inline float ste(float x) { return std::fabs(x) <= 1.0f ? 1.0f : 0.0f; }  // d binarize / dx, straight through
+// The element-wise helpers below take a float or a vector of floats (GCC's vector extension, whose
+// comparisons give lane masks and whose ?: selects lane by lane), with the same result in each lane as
+// for a float: the 1-bit activation rint(clip(x, -1, 1)) (clip as std::min(std::max(x, -1), 1)),
+// std::max(x, 0.0f), std::min(x, 0.0f), and the activation's straight-through gradient [|x| <= 1].
+template <typename V>
+V binarize(V x) {
+  const V above = x < -1.0f ? V{} - 1.0f : x;
+  const V clipped = 1.0f < above ? V{} + 1.0f : above;
+  return (clipped + kRoundingMagic) - kRoundingMagic;
+}
+
+template <typename V>
+V max0(V x) {
+  return x < V{} ? V{} : x;
+}
+
+template <typename V>
+V min0(V x) {
+  return V{} < x ? V{} : x;
+}
+
+template <typename V>
+V ste(V x) {
+  return ((x >= -1.0f) & (x <= 1.0f)) ? V{} + 1.0f : V{};
+}
 
 template <typename T>
 T *arg(void **params, int i) {
@@ -66,27 +90,57 @@ RPReLUParams rprelu_params(void **params, int first) {
 constexpr int kLanes = 8;
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
+// Where a term of LaneSums::add reads and writes its tensors: element i (V = float) or elements i to
+// i + kLanes - 1 (V = Lanes). A term written once for both is one vector loop plus a scalar tail.
+template <typename V>
+struct At {
+  int64_t i;
+  V operator()(const float *p) const {
+    if constexpr (std::is_same_v<V, float>) {
+      return p[i];
+    } else {
+      V v;
+      std::memcpy(&v, p + i, sizeof v);
+      return v;
+    }
+  }
+  void put(float *p, V v) const {
+    if constexpr (std::is_same_v<V, float>) {
+      p[i] = v;
+    } else {
+      std::memcpy(p + i, &v, sizeof v);
+    }
+  }
+};
+
+// Calls f(at) for the elements [0, count): kLanes at a time, then one at a time.
+template <typename F>
+void for_elements(int64_t count, F f) {
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) f(At<Lanes>{i});
+  for (; i < count; ++i) f(At<float>{i});
+}
+
 template <int kTerms>
 struct LaneSums {
   float lanes[kTerms][kLanes] = {};
   double totals[kTerms] = {};
 
-  // Adds term(i, values) (kTerms values of element i) for i in [0, count).
+  // Adds term(at, values) for the elements i in [0, count): at is At<Lanes> for kLanes elements at a
+  // time, into the lanes, then At<float> for the rest, into the first lane; values holds the kTerms
+  // values (of at's type). Lane l sums elements l, l + kLanes, ... in order, then the tail.
   template <typename Term>
   void add(int64_t count, Term term) {
-    // Local sums: the terms' own stores (a gradient written as it is summed) could alias members,
-    // which the compiler would then store and reload on every element.
-    float sums[kTerms][kLanes] = {};
+    Lanes sums[kTerms] = {};
     int64_t i = 0;
-    for (; i + kLanes <= count; i += kLanes)
-      for (int l = 0; l < kLanes; ++l) {
-        float values[kTerms];
-        term(i + l, values);
-        for (int t = 0; t < kTerms; ++t) sums[t][l] += values[t];
-      }
+    for (; i + kLanes <= count; i += kLanes) {
+      Lanes values[kTerms];
+      term(At<Lanes>{i}, values);
+      for (int t = 0; t < kTerms; ++t) sums[t] += values[t];
+    }
     for (; i < count; ++i) {
       float values[kTerms];
-      term(i, values);
+      term(At<float>{i}, values);
       for (int t = 0; t < kTerms; ++t) sums[t][0] += values[t];
     }
     // Lanes a plane smaller than kLanes leaves at +0 are skipped: adding them changes no total.
@@ -133,7 +187,11 @@ void channel_moments(const float *a, const Dims &d, int64_t c0, int64_t c1, doub
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t c = c0; c < c1; ++c) {
       const float *p = a + d.at(n, c);
-      sums[c - c0].add(d.hw, [&](int64_t i, float *v) { v[0] = p[i]; v[1] = p[i] * p[i]; });
+      sums[c - c0].add(d.hw, [&](auto at, auto *v) {
+        const auto x = at(p);
+        v[0] = x;
+        v[1] = x * x;
+      });
     }
   const double count = static_cast<double>(d.n * d.hw);
   for (int64_t c = c0; c < c1; ++c) {
@@ -232,15 +290,15 @@ int bn_act_forward(void **params, int64_t **shapes) {
           const float *in = a + d.in.at(n, source);
           const float *s = kShortcut == Shortcut::kNone ? nullptr : shortcut.values(n, c, group_mean.data());
           float *y_row = y + d.out.at(n, c), *q_row = kHasNext ? q + d.out.at(n, c) : nullptr;
-          for (int64_t i = 0; i < d.out.hw; ++i) {
-            float u = (in[i] - m) * sc + beta;
-            if (kShortcut != Shortcut::kNone) u = u + s[i];
+          for_elements(d.out.hw, [&](auto at) {
+            auto u = (at(in) - m) * sc + beta;
+            if (kShortcut != Shortcut::kNone) u = u + at(s);
             u = u + b1;
-            const float value = (std::max(u, 0.0f) + std::min(u, 0.0f) * w) + b2;
-            y_row[i] = value;
-            if (kNext == Next::kMoved) q_row[i] = value + nb;
-            if (kNext == Next::kBinarized) q_row[i] = binarize(value + nb);
-          }
+            const auto value = (max0(u) + min0(u) * w) + b2;
+            at.put(y_row, value);
+            if (kNext == Next::kMoved) at.put(q_row, value + nb);
+            if (kNext == Next::kBinarized) at.put(q_row, binarize(value + nb));
+          });
         }
   });
   return 0;
@@ -310,24 +368,26 @@ int bn_act_backward(void **params, int64_t **shapes) {
           const float *gq = kHasNext ? dq + d.out.at(n, c) : nullptr;
           const float *s = has_shortcut ? shortcut.values(n, c, group_mean.data()) : nullptr;
           float *dz = dz_row(n, copy, source);
-          sums[copy * block + source - s0].add(d.out.hw, [&](int64_t i, float *v) {
-            const float xhat = (in[i] - p.m) * p.rstd;
-            float u = (in[i] - p.m) * p.scale + p.beta;
-            if (has_shortcut) u = u + s[i];
+          sums[copy * block + source - s0].add(d.out.hw, [&](auto at, auto *v) {
+            const auto centered = at(in) - p.m;
+            const auto xhat = centered * p.rstd;
+            auto u = centered * p.scale + p.beta;
+            if (has_shortcut) u = u + at(s);
             u = u + p.b1;
-            float g = gy[i];
+            auto g = at(gy);
             if constexpr (kHasNext) {
-              const float through = kNext == Next::kMoved
-                                        ? gq[i]
-                                        : gq[i] * ste((std::max(u, 0.0f) + std::min(u, 0.0f) * p.w) + p.b2 + p.nb);
+              const auto through = kNext == Next::kMoved
+                                       ? at(gq)
+                                       : at(gq) * ste((max0(u) + min0(u) * p.w) + p.b2 + p.nb);
               g = g + through;
               v[4] = through;
             }
-            dz[i] = u > 0.0f ? g : g * p.w;
-            v[0] = dz[i];
-            v[1] = dz[i] * xhat;
+            const auto dz_i = u > 0.0f ? g : g * p.w;
+            at.put(dz, dz_i);
+            v[0] = dz_i;
+            v[1] = dz_i * xhat;
             v[2] = g;
-            v[3] = g * std::min(u, 0.0f);
+            v[3] = g * min0(u);
           });
         }
     const double count = static_cast<double>(d.out.n * d.out.hw);
@@ -354,12 +414,15 @@ int bn_act_backward(void **params, int64_t **shapes) {
         for (int64_t copy = 0; copy < copies; ++copy) {
           const Channel &p = channel[copy * block + source - s0];
           const float *dz = dz_row(n, copy, source);
-          for (int64_t i = 0; i < d.out.hw; ++i) {
-            const float term = p.scale * ((dz[i] - p.mean_dz) - (in[i] - p.m) * p.rstd * p.mean_dz_xhat);
-            if (copies == 1) {
-              grad[i] = term;
-            } else {
-              copies_sum[i] = copy == 0 ? term : copies_sum[i] + term;
+          const auto term = [&](auto at) {
+            return p.scale * ((at(dz) - p.mean_dz) - (at(in) - p.m) * p.rstd * p.mean_dz_xhat);
+          };
+          if (copies == 1) {
+            for_elements(d.out.hw, [&](auto at) { at.put(grad, term(at)); });
+          } else {
+            for (int64_t i = 0; i < d.out.hw; ++i) {
+              const float value = term(At<float>{i});
+              copies_sum[i] = copy == 0 ? value : copies_sum[i] + value;
               if (copy == copies - 1) grad[i] = static_cast<float>(copies_sum[i]);
             }
           }
@@ -415,11 +478,11 @@ void take_acc(const LineLayout &l, const float *acc, float *plane) {
 // without weights): dxj = dy kj, and the plane's sums of dy xj (the weights' gradients) added to `sums`.
 void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3> x, std::array<float, 3> k,
                        std::array<float *, 3> dx, LaneSums<3> &sums) {
-  sums.add(hw, [&](int64_t i, float *v) {
-    const float g = dy[i];
+  sums.add(hw, [&](auto at, auto *v) {
+    const auto g = at(dy);
     for (int j = 0; j < 3; ++j) {
-      dx[j][i] = g * k[j];
-      v[j] = g * x[j][i];
+      at.put(dx[j], g * k[j]);
+      v[j] = g * at(x[j]);
     }
   });
 }
@@ -449,6 +512,25 @@ void shifted_sum(int64_t count, const float *in, const std::vector<int64_t> &off
     }
   }
 }
+
+// PATM's phase input p (PhaseMoveTrain below), channel by channel.
+struct PhaseChannels {
+  const float *x, *cosine, *sine, *bias;
+  Dims d;
+  // Channel j of p in sample n as p = x * f + b: the rows of x and of its cos or sin factor.
+  struct Row {
+    const float *x, *f;
+    float b;
+    template <typename At>
+    auto at(At at) const {
+      return at(x) * at(f) + b;
+    }
+  };
+  Row row(int64_t n, int64_t j) const {
+    const int64_t source = d.at(n, j < d.c ? j : j - d.c);
+    return {x + source, (j < d.c ? cosine : sine) + source, bias[j]};
+  }
+};
 
 std::atomic<int64_t> kernel_calls[2];
 
@@ -534,7 +616,10 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
     for (int64_t n = 0; n < d.n; ++n)
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t o = d.at(n, c);
-        sums[c - c0].add(d.hw, [&](int64_t i, float *v) { v[0] = dx[o + i] = dt[o + i] + dq[o + i] * ste(t[o + i]); });
+        sums[c - c0].add(d.hw, [&](auto at, auto *v) {
+          v[0] = at(dt + o) + at(dq + o) * ste(at(t + o));
+          at.put(dx + o, v[0]);
+        });
       }
     for (int64_t c = c0; c < c1; ++c) dbias[c] = static_cast<float>(sums[c - c0].total(0));
   });
@@ -546,21 +631,6 @@ int MoveBinarizeTrainGrad(int, void **params, int *, int64_t **shapes, const cha
 // m[g] = (p[2g] + p[2g + 1]) / 2 (its uni-shortcut). Channel j of p comes from channel j mod C
 // of x, times cos below C and sin from C on. Outputs q, m, cos, sin (MindSpore's Cos and Sin
 // values, kept for the gradient); p itself is recomputed there, bit for bit.
-struct PhaseChannels {
-  const float *x, *cosine, *sine, *bias;
-  Dims d;
-  // Channel j of p in sample n as p = x * f + b: the rows of x and of its cos or sin factor.
-  struct Row {
-    const float *x, *f;
-    float b;
-    float at(int64_t i) const { return x[i] * f[i] + b; }
-  };
-  Row row(int64_t n, int64_t j) const {
-    const int64_t source = d.at(n, j < d.c ? j : j - d.c);
-    return {x + source, (j < d.c ? cosine : sine) + source, bias[j]};
-  }
-};
-
 int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   BimlpCountCall(1);
   const float *x = arg<const float>(params, 0), *theta = arg<const float>(params, 1);
@@ -583,7 +653,7 @@ int PhaseMoveTrain(int, void **params, int *, int64_t **shapes, const char **, v
     // reads and writes this many arrays rather than check all of their overlaps at run time.
 #pragma GCC ivdep
     for (int64_t i = 0; i < d.hw; ++i) {
-      const float p0 = r0.at(i), p1 = r1.at(i);
+      const float p0 = r0.at(At<float>{i}), p1 = r1.at(At<float>{i});
       q0[i] = binarize(p0);
       q1[i] = binarize(p1);
       mean[i] = (p0 + p1) / 2.0f;
@@ -612,11 +682,11 @@ int PhaseMoveTrainGrad(int, void **params, int *, int64_t **shapes, const char *
         const PhaseChannels::Row rc = p.row(n, c), rs = p.row(n, js);
         const float *xc = x + o, *cc = cosine + o, *sc = sine + o;
         float *dxc = dx + o, *dthetac = dtheta + o;
-        sums.add(d.hw, [&](int64_t i, float *v) {
-          const float gc = dmc[i] / 2.0f + dqc[i] * ste(rc.at(i));
-          const float gs = dms[i] / 2.0f + dqs[i] * ste(rs.at(i));
-          dxc[i] = gc * cc[i] + gs * sc[i];
-          dthetac[i] = xc[i] * (gs * cc[i] - gc * sc[i]);
+        sums.add(d.hw, [&](auto at, auto *v) {
+          const auto gc = at(dmc) / 2.0f + at(dqc) * ste(rc.at(at));
+          const auto gs = at(dms) / 2.0f + at(dqs) * ste(rs.at(at));
+          at.put(dxc, gc * at(cc) + gs * at(sc));
+          at.put(dthetac, at(xc) * (gs * at(cc) - gc * at(sc)));
           v[0] = gc;
           v[1] = gs;
         });
