@@ -123,7 +123,6 @@ void for_elements(int64_t count, F f) {
 
 template <int kTerms>
 struct LaneSums {
-  float lanes[kTerms][kLanes] = {};
   double totals[kTerms] = {};
 
   // Adds term(at, values) for the elements i in [0, count): at is At<Lanes> for kLanes elements at a
@@ -149,22 +148,10 @@ struct LaneSums {
       for (int l = 0; l < plane_lanes; ++l) totals[t] += sums[t][l];
   }
 
-  // For callers that read a chunk once for several sums (add() computes an element's terms together):
-  // kLanes consecutive values of term t, then a tail value, which goes to the first lane as in add().
-  void add_chunk(int t, const Lanes &values) {
-    Lanes sums;
-    std::memcpy(&sums, lanes[t], sizeof sums);
-    sums += values;
-    std::memcpy(lanes[t], &sums, sizeof sums);
-  }
-  void add_tail(int t, float value) { lanes[t][0] += value; }
-
-  void flush() {
-    for (int t = 0; t < kTerms; ++t)
-      for (int l = 0; l < kLanes; ++l) {
-        totals[t] += lanes[t][l];
-        lanes[t][l] = 0.0f;
-      }
+  // Adds the kLanes lane sums of a plane's term t, kept in registers by a caller that reads each chunk
+  // once for several sums, lane by lane as add() does.
+  void add_lanes(int t, const Lanes &lanes) {
+    for (int l = 0; l < kLanes; ++l) totals[t] += lanes[l];
   }
 
   double total(int t) const { return totals[t]; }
@@ -492,6 +479,7 @@ void weighted_sum_grad(int64_t hw, const float *dy, std::array<const float *, 3>
 // per tap); `in` must be readable kChunk values past count + max(offset). Written with GCC's vector
 // type because left to itself the compiler vectorizes across the taps, with gathers.
 constexpr int64_t kChunk = 16;
+constexpr int64_t kTapGroup = 8;  // LineConvGrad's weight sums held in registers at once
 typedef float Chunk __attribute__((vector_size(kChunk * sizeof(float))));
 
 void shifted_sum(int64_t count, const float *in, const std::vector<int64_t> &offset, const float *weight,
@@ -864,19 +852,27 @@ int LineConvGrad(int, void **params, int *, int64_t **shapes, const char **, voi
           const float *wt = weight + (g * per_group + i) * l.taps;
           shifted_sum(l.padded_size(), grad.data(), offset, wt, dpadded.data());
           unpad_plane(l, dpadded.data(), dx + (n * cin + g * per_group + i) * hw);
+          // The plane's tap sums, up to kTapGroup taps at a time in registers: each chunk of the gradient
+          // is read once for all of them.
           LaneSums<1> *sums = dw.data() + ((g - g0) * per_group + i) * l.taps;
-          int64_t j = 0;
-          for (; j + kLanes <= l.size; j += kLanes) {
-            Lanes grad_j, tap;
-            std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
-            for (int64_t t = 0; t < l.taps; ++t) {
-              std::memcpy(&tap, padded.data() + t * l.step + j, sizeof tap);
-              sums[t].add_chunk(0, grad_j * tap);
+          for (int64_t t0 = 0; t0 < l.taps; t0 += kTapGroup) {
+            const int64_t group = std::min(kTapGroup, l.taps - t0);
+            const float *taps = padded.data() + t0 * l.step;
+            Lanes acc[kTapGroup] = {};
+            int64_t j = 0;
+            for (; j + kLanes <= l.size; j += kLanes) {
+              Lanes grad_j, tap;
+              std::memcpy(&grad_j, g_acc + j, sizeof grad_j);
+              for (int64_t k = 0; k < kTapGroup; ++k)
+                if (k < group) {
+                  std::memcpy(&tap, taps + k * l.step + j, sizeof tap);
+                  acc[k] += grad_j * tap;
+                }
             }
+            for (; j < l.size; ++j)
+              for (int64_t k = 0; k < group; ++k) acc[k][0] += g_acc[j] * taps[k * l.step + j];
+            for (int64_t k = 0; k < group; ++k) sums[t0 + k].add_lanes(0, acc[k]);
           }
-          for (; j < l.size; ++j)
-            for (int64_t t = 0; t < l.taps; ++t) sums[t].add_tail(0, g_acc[j] * padded[t * l.step + j]);
-          for (int64_t t = 0; t < l.taps; ++t) sums[t].flush();
         }
       }
     for (int64_t k = 0; k < (g1 - g0) * per_group * l.taps; ++k)
