@@ -82,16 +82,14 @@ RPReLUParams rprelu_params(void **params, int first) {
           arg<const float>(params, first + 3), arg<const float>(params, first + 4)};
 }
 
-// Running sums of kTerms quantities over a channel's planes. kLanes independent float partial
-// sums let the compiler vectorize the loop over a plane (a single running sum is a serial
-// dependency it may not reorder); they go into double totals after each plane. Batch statistics
-// and their gradients need that precision: a variance is a difference of two of these sums, and so
-// is a channel's input gradient when it is nearly affine in its normalized input.
+// Element-wise work goes kLanes elements at a time as one vector (a plane's tail one at a time):
+// written as scalar code per element, GCC left most of these loops scalar.
 constexpr int kLanes = 8;
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
-// Where a term of LaneSums::add reads and writes its tensors: element i (V = float) or elements i to
-// i + kLanes - 1 (V = Lanes). A term written once for both is one vector loop plus a scalar tail.
+// Where an element-wise term (for_elements, LaneSums::add) reads and writes its tensors: element i
+// (V = float) or elements i to i + kLanes - 1 (V = Lanes). A term written once for both, as a
+// generic lambda, is one vector loop plus a scalar tail.
 template <typename V>
 struct At {
   int64_t i;
@@ -121,6 +119,10 @@ void for_elements(int64_t count, F f) {
   for (; i < count; ++i) f(At<float>{i});
 }
 
+// Running sums of kTerms quantities over a channel's planes: kLanes float partial sums per quantity
+// (a single running sum would be a serial dependency) that go into double totals after each plane.
+// Batch statistics and their gradients need that precision: a variance is a difference of two of
+// these sums, and so is a channel's input gradient when it is nearly affine in its normalized input.
 template <int kTerms>
 struct LaneSums {
   double totals[kTerms] = {};
