@@ -45,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--binary", type=parse_bool, default=True, metavar="{true,false}",
                         help="false classifies with a float-twin checkpoint (train.py --binary false); default: true")
     parser.add_argument("--image_size", type=int, default=None,
-                        help="input height = width (default 224; 28 for BiMLP_T)")
+                        help="input height = width (default 224; 28 for BiMLP_T and BiMLP_T14)")
     parser.add_argument("--class_names", default=None,
                         help="LOC_synset_mapping.txt (lines 'n01440764 tench, Tinca tinca') or one name per line")
     parser.add_argument("--top_k", type=int, default=5)

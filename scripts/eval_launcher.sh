@@ -11,7 +11,7 @@ set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: bash scripts/run_eval_${platform_lc}.sh DATASET_PATH CHECKPOINT_PATH [BiMLP_S|BiMLP_M] [extra eval.py flags...]" >&2
     echo "  DATASET_PATH: the ImageNet val folder with the 1000 class folders" >&2
-    exit 1
+    exit 2
 fi
 # Resolve the paths before changing to the repo root, so relative paths keep working.
 DATASET_PATH=$(realpath -m "$1")
@@ -27,9 +27,6 @@ EVAL_LOG=$(realpath -m "${EVAL_LOG:-$ROOT/eval_${platform_lc}.log}")
 
 cd "$ROOT"
 export DEVICE_ID=${DEVICE_ID:-0}
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python
-    [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
-fi
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 "$PYTHON" eval.py --platform "$platform" --dataset_path "$DATASET_PATH" \
     --checkpoint_path "$CHECKPOINT_PATH" --model "$MODEL" "$@" 2>&1 | tee "$EVAL_LOG"

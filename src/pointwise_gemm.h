@@ -56,55 +56,6 @@ inline void copy_floats(float *dst, const float *src, int64_t n) {
     }
 }
 
-typedef int32_t Index8 __attribute__((vector_size(8 * sizeof(int32_t))));
-
-// column[j][i] = row[i][j] for an 8 x 8 block: pairs of rows interleaved, then pairs of pairs,
-// then the 128-bit halves.
-inline void transpose8(const Vec8 (&row)[8], Vec8 (&column)[8]) {
-  const Index8 low = {0, 8, 1, 9, 4, 12, 5, 13}, high = {2, 10, 3, 11, 6, 14, 7, 15};
-  const Index8 even = {0, 1, 8, 9, 4, 5, 12, 13}, odd = {2, 3, 10, 11, 6, 7, 14, 15};
-  const Index8 first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
-  Vec8 pairs[8], quads[8];
-  for (int i = 0; i < 8; i += 2) {
-    pairs[i] = __builtin_shuffle(row[i], row[i + 1], low);
-    pairs[i + 1] = __builtin_shuffle(row[i], row[i + 1], high);
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int h = 0; h < 2; ++h) {
-      quads[i + 2 * h] = __builtin_shuffle(pairs[i + h], pairs[i + h + 2], even);
-      quads[i + 2 * h + 1] = __builtin_shuffle(pairs[i + h], pairs[i + h + 2], odd);
-    }
-  for (int j = 0; j < 4; ++j) {
-    column[j] = __builtin_shuffle(quads[j], quads[j + 4], first);
-    column[j + 4] = __builtin_shuffle(quads[j], quads[j + 4], second);
-  }
-}
-
-// dst[(c / kWidth) * tile_stride + i * kWidth + c % kWidth] = src[c * src_stride + i] for channels
-// c < channels and positions i < run: the channels become the lanes of tiles kWidth wide, a
-// position's lanes together, through 8 x 8 transposes. A group of channels (8, or a whole tile if
-// narrower) that the channels do not fill gets zeros in its other lanes; lanes past the last group
-// keep what the buffer held.
-template <int64_t kWidth>
-void pack_transposed(const float *src, int64_t src_stride, int64_t channels, int64_t run, float *dst,
-                     int64_t tile_stride) {
-  constexpr int64_t kGroup = kWidth < 8 ? kWidth : 8;
-  static_assert(kWidth % kGroup == 0, "a group of lanes lies in one tile");
-  for (int64_t c0 = 0; c0 < channels; c0 += kGroup) {
-    float *lanes = dst + (c0 / kWidth) * tile_stride + c0 % kWidth;
-    const int64_t valid = std::min(kGroup, channels - c0);
-    int64_t i = 0;
-    for (; i + 8 <= run; i += 8) {
-      Vec8 rows[8] = {}, columns[8];
-      for (int64_t c = 0; c < valid; ++c) rows[c] = load8(src + (c0 + c) * src_stride + i);
-      transpose8(rows, columns);
-      for (int64_t k = 0; k < 8; ++k) std::memcpy(lanes + (i + k) * kWidth, &columns[k], kGroup * sizeof(float));
-    }
-    for (; i < run; ++i)
-      for (int64_t c = 0; c < valid; ++c) lanes[i * kWidth + c] = src[(c0 + c) * src_stride + i];
-  }
-}
-
 inline Vec8 multiply_add(Vec8 a, Vec8 b, Vec8 c) {
 #ifdef __FMA__
   return reinterpret_cast<Vec8>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
@@ -250,13 +201,19 @@ inline void pointwise_filter_grad(const float *dy, const float *x, float *dw, in
     for (int64_t first = 0; first < columns; first += block) {
       const int64_t count = std::min(block, columns - first);
       // b_packed[s][j][v] = b's channel s * kTileCols + v at column first + j; a_packed likewise for
-      // this thread's rows. The sums of lanes past the last channel are dropped.
+      // this thread's rows. Channels past the last one keep what the buffers held: their sums are
+      // dropped.
       for_each_sample(positions, first, count, [&](int64_t j, int64_t n, int64_t p, int64_t run) {
-        pack_transposed<kTileCols>(b + n * cols * positions + p, positions, cols, run, b_packed.data() + j * kTileCols,
-                                   block * kTileCols);
-        const int64_t r0 = begin * kTileRows;
-        pack_transposed<kTileRows>(a + (n * rows + r0) * positions + p, positions, std::min(end * kTileRows, rows) - r0,
-                                   run, a_packed.data() + j * kTileRows, block * kTileRows);
+        for (int64_t c = 0; c < cols; ++c) {
+          const float *source = b + (n * cols + c) * positions + p;
+          float *target = b_packed.data() + ((c / kTileCols) * block + j) * kTileCols + c % kTileCols;
+          for (int64_t i = 0; i < run; ++i) target[i * kTileCols] = source[i];
+        }
+        for (int64_t r = begin * kTileRows; r < std::min(end * kTileRows, rows); ++r) {
+          const float *source = a + (n * rows + r) * positions + p;
+          float *target = a_packed.data() + ((r / kTileRows - begin) * block + j) * kTileRows + r % kTileRows;
+          for (int64_t i = 0; i < run; ++i) target[i * kTileRows] = source[i];
+        }
       });
       for (int64_t t = 0; t < end - begin; ++t)
         for (int64_t s = 0; s < col_tiles; ++s)
