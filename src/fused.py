@@ -94,8 +94,6 @@ def _compile(compiler, target):
 
 def available():
     """True when the fused kernels can run: MindSpore runs on CPU and the library builds."""
-    import mindspore as ms
-
     return ms.get_context("device_target") == "CPU" and library_path() is not None
 
 

@@ -219,7 +219,6 @@ struct ShortcutRows {
 // A < C: the input is a uni-shortcut that tiles a, output channel c reads input channel c mod A.
 struct ChainDims {
   Dims in, out;
-  int64_t source(int64_t c) const { return c % in.c; }
 };
 
 template <Shortcut kShortcut>

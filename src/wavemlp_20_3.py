@@ -154,7 +154,6 @@ class Mlp(nn.Cell):
     def __init__(self, in_features, hidden_features, out_features, quant):
         super().__init__()
         fast = quant["fast"]
-        self.hidden_features, self.out_features = hidden_features, out_features
         self.move1 = LearnableBias(in_features, fast)
         self.fc1 = conv1x1(in_features, hidden_features, quant)
         self.act1 = RPReLU(hidden_features, fast)

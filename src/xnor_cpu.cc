@@ -1,5 +1,5 @@
 // Binary 1x1 convolutions on packed bits for BiMLP's opt-in xnor engine (MindSpore "aot"
-// custom operators; src/xnor.py).
+// custom operators, registered in src/fused.py; weights packed by src/weight_cache.py).
 //
 // A binary layer computes y[o, p] = sum_c q[c, p] * wb[o, c] with activations
 // q = rint(clip(x + bias, -1, 1)) in {-1, 0, +1} and weights wb = sign(W) * scale[o]. Here the
