@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT_DIR = os.path.join(ROOT, "checkpoints")
 SHIPPED_SHA256 = {
     "BiMLP_T14_fashion_mnist.packed": "e2ae396008c3adf9e98aa2cab244f1e04562049925e0883f17748f42429d2063",
-    "BiMLP_T14_fashion_mnist_float.packed": "cbdf8d34a9b590a025978f641343db145a0302e476835323c9d0df9f8fd61848",
+    "BiMLP_T14_fashion_mnist_float.packed": "00acb1d0dd1fa5d8e5e74edba113febbb0ccb04fea2b16f6fc53d87a89ed09a4",
     "BiMLP_T_fashion_mnist.packed": "75946e680df696ccd35060aff428582638f31a19cd9e6ae07cfdb64a54812894",
     "BiMLP_T_fashion_mnist_float.packed": "e37a6fbd0a48893366244a997dcdb759f3e8bbd91a46a8fc44f0453fe410bd90",
 }
